@@ -1,0 +1,62 @@
+package udppool
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+)
+
+// Sentinel errors. Every error returned by a Pool is an *Error that wraps one
+// of these (or an error from the operating system, the resolver or the
+// context), so callers test them with errors.Is.
+var (
+	// ErrUnknownNetwork reports a network other than "udp", "udp4" or "udp6".
+	ErrUnknownNetwork = errors.New("unknown network")
+	// ErrInvalidAddress reports an address that is not host:port, a host that
+	// does not resolve, or a host of the wrong family for the network.
+	ErrInvalidAddress = errors.New("invalid address")
+	// ErrPortRange reports a port outside 0-65535.
+	ErrPortRange = errors.New("port out of range")
+	// ErrPoolClosed reports use of a Pool after Close.
+	ErrPoolClosed = errors.New("pool closed")
+	// ErrOverlap reports a request for a socket whose addresses overlap a
+	// socket the pool already holds on the same port, for example "udp4
+	// 0.0.0.0:443" while dual-stack "udp [::]:443" is held. With SO_REUSEPORT
+	// both binds would succeed and the more specific socket would silently
+	// receive every datagram of its family, so the pool refuses instead.
+	ErrOverlap = errors.New("overlaps a pooled socket")
+)
+
+// Error describes a failed pool operation. It names the operation and the
+// network and address exactly as the caller gave them, plus the normalized
+// key where one was computed.
+type Error struct {
+	Op   string // operation, such as "listen"
+	Net  string // network as given by the caller
+	Addr string // address as given by the caller
+	Key  Key    // normalized key; zero if the input did not parse
+	Err  error  // underlying cause
+}
+
+func (e *Error) Error() string {
+	s := "udppool: " + e.Op
+	if e.Net != "" || e.Addr != "" {
+		s += " " + e.Net + " " + strconv.Quote(e.Addr)
+	}
+	if e.Key.IsValid() {
+		s += " (socket " + e.Key.String() + ")"
+	}
+	return s + ": " + e.Err.Error()
+}
+
+// Unwrap returns the underlying cause, so errors.Is(err, syscall.EADDRINUSE)
+// and errors.Is(err, ErrOverlap) see through an *Error.
+func (e *Error) Unwrap() error { return e.Err }
+
+func opError(op, network, address string, k Key, err error) error {
+	return &Error{Op: op, Net: network, Addr: address, Key: k, Err: err}
+}
+
+func overlapError(held Key) error {
+	return fmt.Errorf("%w %v", ErrOverlap, held)
+}

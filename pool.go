@@ -1,0 +1,400 @@
+package udppool
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"net"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// A Pool shares UDP sockets among the parts of a process. Each distinct
+// local socket (a Key) is bound at most once; every ListenPacket of the same
+// key returns a new handle (*Conn) to that socket, and the socket closes when
+// the last handle is closed.
+//
+// A Pool is safe for concurrent use. The zero Pool is not usable; call New.
+type Pool struct {
+	opts options
+
+	stackOnce sync.Once
+	stack     stack
+
+	mu      sync.Mutex
+	closed  bool
+	entries map[Key]*entry
+	byPort  map[uint16][]*entry // for the overlap check
+}
+
+// entry is the pool's record of one key. The entry, not the socket, is
+// what excludes a second bind: it stays in the map from before the bind until
+// after the socket has closed, so a new acquire of its key waits instead of
+// racing a socket that is still binding or closing.
+type entry struct {
+	key   Key
+	refs  int           // guarded by Pool.mu
+	ready chan struct{} // closed when the bind has finished
+	sock  *socket       // set before ready is closed, if the bind succeeded
+	err   error         // set before ready is closed, if the bind failed
+
+	closing bool          // guarded by Pool.mu; no new references
+	done    chan struct{} // closed once the socket is closed and the entry gone
+
+	lingerGen int // guarded by Pool.mu; invalidates pending linger timers
+}
+
+type options struct {
+	reuse   bool
+	linger  time.Duration
+	control func(network, address string, c syscall.RawConn) error
+	lookup  resolver
+}
+
+// An Option configures a Pool.
+type Option func(*options)
+
+// WithReusePort controls SO_REUSEPORT on the sockets the pool binds (on by
+// default where the platform has it). With it, a new process can bind the
+// same address while this one still serves it, so an upgrade never closes
+// the port. The risk: the kernel splits datagrams among all sockets of a
+// reuseport group by hash, so another socket of the same user on the port
+// silently takes a share of the traffic. Turn it off when no other process
+// should ever share the port. On Windows the pool always binds with
+// SO_EXCLUSIVEADDRUSE, which this option does not change.
+func WithReusePort(on bool) Option {
+	return func(o *options) { o.reuse = on }
+}
+
+// WithLinger keeps a socket bound for d after its last handle is closed, so
+// that a configuration reload that closes the old handle before it acquires
+// the new one does not close and rebind the port. Zero (the default) closes
+// at once.
+func WithLinger(d time.Duration) Option {
+	return func(o *options) { o.linger = max(d, 0) }
+}
+
+// WithControl adds a function that is called on each new socket before it
+// is bound, after the pool has set its own options, as net.ListenConfig's
+// Control is. An error from it fails the bind.
+func WithControl(fn func(network, address string, c syscall.RawConn) error) Option {
+	return func(o *options) { o.control = fn }
+}
+
+// New returns an empty pool.
+func New(opts ...Option) *Pool {
+	p := &Pool{
+		opts:    options{reuse: true, lookup: net.DefaultResolver},
+		entries: make(map[Key]*entry),
+		byPort:  make(map[uint16][]*entry),
+	}
+	for _, o := range opts {
+		o(&p.opts)
+	}
+	return p
+}
+
+var defaultPool = New()
+
+// Default returns the pool used by the package-level ListenPacket.
+func Default() *Pool { return defaultPool }
+
+// ListenPacket acquires a handle to a socket of the default pool; see
+// (*Pool).ListenPacket.
+func ListenPacket(ctx context.Context, network, address string) (*Conn, error) {
+	return defaultPool.ListenPacket(ctx, network, address)
+}
+
+// ListenPacket returns a new handle to the UDP socket for network ("udp",
+// "udp4" or "udp6") and address (as for net.ListenPacket), binding the
+// socket if the pool does not hold it yet. Two calls share one socket
+// exactly when Go would bind the same local socket for them: "udp" ":443"
+// and "udp" "[::]:443" share the dual-stack socket, "udp4" "127.0.0.1:443"
+// and "udp" "127.0.0.1:443" share an IPv4 one. Port 0 always binds a new
+// socket, which is then shared under the port it got.
+//
+// A "udp" wildcard binds a dual-stack socket wherever the kernel can, also
+// on hosts where loopback lacks 127.0.0.1 and net.ListenPacket would bind
+// IPv4 only.
+//
+// A request whose addresses overlap a socket the pool holds on the same port
+// (for example "udp4" "0.0.0.0:443" while "udp" ":443" is dual-stack) fails
+// with ErrOverlap. Errors are *Error values; a port held by another socket
+// satisfies errors.Is(err, syscall.EADDRINUSE).
+func (p *Pool) ListenPacket(ctx context.Context, network, address string) (*Conn, error) {
+	k, err := p.key(ctx, network, address)
+	if err != nil {
+		return nil, opError("listen", network, address, Key{}, err)
+	}
+	c, err := p.acquire(ctx, k)
+	if err != nil {
+		return nil, opError("listen", network, address, k, err)
+	}
+	return c, nil
+}
+
+func (p *Pool) key(ctx context.Context, network, address string) (Key, error) {
+	if err := ctx.Err(); err != nil {
+		return Key{}, err
+	}
+	p.stackOnce.Do(func() { p.stack = probeStack() })
+	return parseKey(ctx, p.opts.lookup, p.stack, network, address)
+}
+
+func (p *Pool) bindOpts(k Key) bindOpts {
+	// A socket with port 0 never joins a reuseport group: Linux may pick an
+	// ephemeral port that a reuseport socket of this user already holds.
+	return bindOpts{reuse: p.opts.reuse && k.Addr.Port() != 0, control: p.opts.control}
+}
+
+func (p *Pool) acquire(ctx context.Context, k Key) (*Conn, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if k.Addr.Port() == 0 {
+		return p.acquireNew(ctx, k)
+	}
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, ErrPoolClosed
+		}
+		e := p.entries[k]
+		if e == nil {
+			if err := p.checkOverlap(k); err != nil {
+				p.mu.Unlock()
+				return nil, err
+			}
+			e = &entry{key: k, refs: 1, ready: make(chan struct{}), done: make(chan struct{})}
+			p.insert(e)
+			p.mu.Unlock()
+			// The bind runs outside Pool.mu so that a slow bind (a
+			// Control function, a resolver) does not hold up other keys.
+			s, err := bind(ctx, k, p.bindOpts(k))
+			return p.bound(e, s, err)
+		}
+		if e.closing {
+			done := e.done
+			p.mu.Unlock()
+			select {
+			case <-done:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		e.refs++
+		e.lingerGen++ // a pending linger timer must not close it now
+		p.mu.Unlock()
+		select {
+		case <-e.ready:
+		case <-ctx.Done():
+			p.release(e)
+			return nil, ctx.Err()
+		}
+		if e.err != nil {
+			return nil, e.err
+		}
+		return p.newConn(e), nil
+	}
+}
+
+// bound finishes the bind of e by the caller that created it.
+func (p *Pool) bound(e *entry, s *socket, err error) (*Conn, error) {
+	p.mu.Lock()
+	if err == nil && p.closed {
+		s.conn.Close()
+		err = ErrPoolClosed
+	}
+	if err != nil {
+		e.err = err
+		p.remove(e)
+		close(e.ready)
+		p.mu.Unlock()
+		return nil, err
+	}
+	e.sock = s
+	close(e.ready)
+	p.mu.Unlock()
+	return p.newConn(e), nil
+}
+
+// acquireNew binds a socket for a port 0 key, which is never shared before
+// it exists, and enters it under the port it got.
+func (p *Pool) acquireNew(ctx context.Context, k Key) (*Conn, error) {
+	s, err := bind(ctx, k, p.bindOpts(k))
+	if err != nil {
+		return nil, err
+	}
+	k = s.localKey(k)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		s.conn.Close()
+		return nil, ErrPoolClosed
+	}
+	if err := p.checkOverlap(k); err != nil {
+		s.conn.Close()
+		return nil, err
+	}
+	if held := p.entries[k]; held != nil {
+		// The kernel gave us a port that a socket of this pool holds:
+		// only possible if that socket is not ours to share.
+		s.conn.Close()
+		return nil, overlapError(held.key)
+	}
+	e := &entry{key: k, refs: 1, ready: make(chan struct{}), done: make(chan struct{}), sock: s}
+	close(e.ready)
+	p.insert(e)
+	return p.newConn(e), nil
+}
+
+func (p *Pool) newConn(e *entry) *Conn {
+	return &Conn{pool: p, entry: e, sock: e.sock}
+}
+
+// checkOverlap returns an ErrOverlap error if k overlaps a held key.
+// p.mu must be held.
+func (p *Pool) checkOverlap(k Key) error {
+	for _, e := range p.byPort[k.Addr.Port()] {
+		if k.overlaps(e.key) {
+			return overlapError(e.key)
+		}
+	}
+	return nil
+}
+
+// insert and remove keep entries and byPort in step. p.mu must be held.
+func (p *Pool) insert(e *entry) {
+	p.entries[e.key] = e
+	port := e.key.Addr.Port()
+	p.byPort[port] = append(p.byPort[port], e)
+}
+
+func (p *Pool) remove(e *entry) {
+	if p.entries[e.key] != e {
+		return
+	}
+	delete(p.entries, e.key)
+	port := e.key.Addr.Port()
+	if l := slices.DeleteFunc(p.byPort[port], func(o *entry) bool { return o == e }); len(l) > 0 {
+		p.byPort[port] = l
+	} else {
+		delete(p.byPort, port)
+	}
+}
+
+// errRefCount reports a release without a matching acquire: a bug in this
+// package, reported rather than driving the count negative.
+var errRefCount = errors.New("udppool: reference released twice")
+
+// release drops one reference to e and closes its socket with the last one.
+func (p *Pool) release(e *entry) error {
+	p.mu.Lock()
+	if e.refs <= 0 {
+		p.mu.Unlock()
+		return errRefCount
+	}
+	e.refs--
+	if e.refs > 0 || e.closing || e.sock == nil {
+		// Still in use, already closed by Pool.Close, or still binding
+		// (its binder holds a reference and finishes the job).
+		p.mu.Unlock()
+		return nil
+	}
+	if p.opts.linger > 0 {
+		gen := e.lingerGen
+		time.AfterFunc(p.opts.linger, func() { p.expire(e, gen) })
+		p.mu.Unlock()
+		return nil
+	}
+	e.closing = true
+	p.mu.Unlock()
+	return p.destroy(e)
+}
+
+// expire closes e when its linger time ends, unless it was acquired since.
+func (p *Pool) expire(e *entry, gen int) {
+	p.mu.Lock()
+	if e.refs > 0 || e.closing || e.lingerGen != gen {
+		p.mu.Unlock()
+		return
+	}
+	e.closing = true
+	p.mu.Unlock()
+	p.destroy(e)
+}
+
+// destroy closes the socket of an entry marked closing, then removes the
+// entry. Until then the entry stays in the map and new acquires of its key
+// wait on done, so they never bind beside a socket that is still open.
+func (p *Pool) destroy(e *entry) error {
+	err := e.sock.conn.Close()
+	p.mu.Lock()
+	p.remove(e)
+	close(e.done)
+	p.mu.Unlock()
+	return err
+}
+
+// Close closes every socket of the pool, whatever handles are still open;
+// their operations then fail with net.ErrClosed. Later calls of Close and
+// ListenPacket fail with ErrPoolClosed.
+func (p *Pool) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return &Error{Op: "close", Err: ErrPoolClosed}
+	}
+	p.closed = true
+	var live []*entry
+	for _, e := range p.entries {
+		if e.sock != nil && !e.closing {
+			e.closing = true
+			live = append(live, e)
+		}
+	}
+	p.mu.Unlock()
+	var errs []error
+	for _, e := range live {
+		errs = append(errs, p.destroy(e))
+	}
+	return errors.Join(errs...)
+}
+
+// SocketStats describes one socket of a pool.
+type SocketStats struct {
+	Key       Key
+	LocalAddr *net.UDPAddr
+	Refs      int           // open handles; zero while lingering
+	Opened    time.Time     // when the socket was bound
+	Age       time.Duration // time since Opened
+}
+
+// Stats returns a snapshot of the pool's sockets, sorted by key.
+func (p *Pool) Stats() []SocketStats {
+	p.mu.Lock()
+	stats := make([]SocketStats, 0, len(p.entries))
+	for _, e := range p.entries {
+		if e.sock == nil || e.closing {
+			continue
+		}
+		stats = append(stats, SocketStats{
+			Key:       e.key,
+			LocalAddr: e.sock.laddr,
+			Refs:      e.refs,
+			Opened:    e.sock.opened,
+			Age:       time.Since(e.sock.opened),
+		})
+	}
+	p.mu.Unlock()
+	slices.SortFunc(stats, func(a, b SocketStats) int {
+		return cmp.Or(cmp.Compare(a.Key.Addr.Port(), b.Key.Addr.Port()),
+			cmp.Compare(a.Key.Network, b.Key.Network),
+			a.Key.Addr.Addr().Compare(b.Key.Addr.Addr()))
+	})
+	return stats
+}

@@ -1,0 +1,23 @@
+//go:build aix || darwin || dragonfly || freebsd || linux || netbsd || openbsd || zos
+
+package udppool
+
+import "golang.org/x/sys/unix"
+
+// reusePortSupported reports that sockets can join a reuseport group here.
+const reusePortSupported = true
+
+// setReuse sets SO_REUSEPORT so that a new process (a restarted or upgraded
+// server) can bind the same address while this one still serves it, and the
+// port never goes dark. Within this process the pool never binds a key twice:
+// a reuseport group splits datagrams between its members by hash, and a member
+// that nobody reads silently eats its share.
+func setReuse(fd uintptr) error {
+	return unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+}
+
+// setDualStack clears IPV6_V6ONLY so that an IPv6 wildcard socket also
+// receives IPv4 datagrams, whatever the system default is.
+func setDualStack(fd uintptr) error {
+	return unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
+}

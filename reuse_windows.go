@@ -1,0 +1,25 @@
+//go:build windows
+
+package udppool
+
+import "golang.org/x/sys/windows"
+
+// reusePortSupported is false: Windows has no reuseport groups, and its
+// SO_REUSEADDR would let any process steal the port.
+const reusePortSupported = false
+
+// soExclusiveAddrUse is SO_EXCLUSIVEADDRUSE from winsock2.h (~SO_REUSEADDR),
+// which golang.org/x/sys/windows does not define.
+const soExclusiveAddrUse = ^windows.SO_REUSEADDR
+
+// setReuse binds exclusively: on Windows another process, even one of another
+// user, may otherwise bind the same port with SO_REUSEADDR and take its
+// datagrams. Sharing within this process goes through the pool.
+func setReuse(fd uintptr) error {
+	return windows.SetsockoptInt(windows.Handle(fd), windows.SOL_SOCKET, soExclusiveAddrUse, 1)
+}
+
+// setDualStack clears IPV6_V6ONLY, which Windows sets by default.
+func setDualStack(fd uintptr) error {
+	return windows.SetsockoptInt(windows.Handle(fd), windows.IPPROTO_IPV6, windows.IPV6_V6ONLY, 0)
+}
