@@ -4,10 +4,6 @@ package udppool
 
 import "errors"
 
-// reusePortSupported is false: this platform has no SO_REUSEPORT, so sockets
-// are bound plainly and only this process can use the port.
-const reusePortSupported = false
-
 func setReuse(uintptr) error { return nil }
 
 // setDualStack is unsupported, so "udp" wildcards bind the family Go picks.

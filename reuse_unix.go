@@ -4,9 +4,6 @@ package udppool
 
 import "golang.org/x/sys/unix"
 
-// reusePortSupported reports that sockets can join a reuseport group here.
-const reusePortSupported = true
-
 // setReuse sets SO_REUSEPORT so that a new process (a restarted or upgraded
 // server) can bind the same address while this one still serves it, and the
 // port never goes dark. Within this process the pool never binds a key twice:

@@ -4,10 +4,6 @@ package udppool
 
 import "golang.org/x/sys/windows"
 
-// reusePortSupported is false: Windows has no reuseport groups, and its
-// SO_REUSEADDR would let any process steal the port.
-const reusePortSupported = false
-
 // soExclusiveAddrUse is SO_EXCLUSIVEADDRUSE from winsock2.h (~SO_REUSEADDR),
 // which golang.org/x/sys/windows does not define.
 const soExclusiveAddrUse = ^windows.SO_REUSEADDR
