@@ -68,6 +68,8 @@ type stack struct {
 	// dualStack: an IPv6 socket bound to [::] with IPV6_V6ONLY off also
 	// receives IPv4 datagrams.
 	dualStack bool
+	// ipv6: IPv6 sockets can be bound at all.
+	ipv6 bool
 }
 
 // resolver abstracts the host lookups of net.Resolver so that tests can

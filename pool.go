@@ -44,6 +44,8 @@ type entry struct {
 	done    chan struct{} // closed once the socket is closed and the entry gone
 
 	lingerGen int // guarded by Pool.mu; invalidates pending linger timers
+
+	qt *sharedTransport // guarded by Pool.mu; the socket's QUIC transport, if any
 }
 
 type options struct {
@@ -51,6 +53,7 @@ type options struct {
 	linger  time.Duration
 	control func(network, address string, c syscall.RawConn) error
 	lookup  resolver
+	split   *bool // nil: the platform's default
 }
 
 // An Option configures a Pool.
@@ -351,16 +354,23 @@ func (p *Pool) Close() error {
 	}
 	p.closed = true
 	var live []*entry
+	var transports []*sharedTransport
 	for _, e := range p.entries {
 		if e.sock != nil && !e.closing {
 			e.closing = true
 			live = append(live, e)
+		}
+		if e.qt != nil {
+			transports = append(transports, e.qt)
 		}
 	}
 	p.mu.Unlock()
 	var errs []error
 	for _, e := range live {
 		errs = append(errs, p.destroy(e))
+	}
+	for _, st := range transports {
+		st.fail()
 	}
 	return errors.Join(errs...)
 }

@@ -100,13 +100,16 @@ func (s *socket) localKey(k Key) Key {
 // probeStack finds out whether this host can bind a dual-stack wildcard, by
 // binding one exactly as the pool would.
 func probeStack() stack {
-	k := Key{Network: "udp", Addr: netip.AddrPortFrom(netip.IPv6Unspecified(), 0)}
-	s, err := bind(context.Background(), k, bindOpts{})
-	if err != nil {
-		return stack{}
+	can := func(network string) bool {
+		k := Key{Network: network, Addr: netip.AddrPortFrom(netip.IPv6Unspecified(), 0)}
+		s, err := bind(context.Background(), k, bindOpts{})
+		if err != nil {
+			return false
+		}
+		s.conn.Close()
+		return true
 	}
-	s.conn.Close()
-	return stack{dualStack: true}
+	return stack{dualStack: can("udp"), ipv6: can("udp6")}
 }
 
 // pastDeadline is a deadline that has already expired: setting it on the

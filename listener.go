@@ -1,0 +1,562 @@
+package udppool
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"reflect"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/quic-go/quic-go"
+)
+
+// sharedTransport is the one quic.Transport of a pooled socket, shared by
+// every Transport handle and Listener of that socket.
+type sharedTransport struct {
+	pool     *Pool
+	entry    *entry
+	conn     *Conn // quic-go's own handle: its deadlines are its own
+	qt       *quic.Transport
+	settings *quic.Transport // as requested by the first user; nil for defaults
+
+	// guarded by Pool.mu
+	refs    int           // Transport handles and Listeners
+	closing bool          // no new references
+	done    chan struct{} // closed when fully shut down
+
+	stop chan struct{} // closed when shutting down
+
+	brokenOnce sync.Once
+	broken     chan struct{} // closed when the pool closed the socket underneath
+
+	// realMu serializes opening and closing the one quic-go listener, which
+	// quic-go allows only after the previous one has fully closed.
+	realMu     sync.Mutex
+	real       *quic.EarlyListener
+	acceptDone chan struct{}
+
+	mu        sync.Mutex
+	listeners []*Listener // open logical listeners, oldest first
+
+	pumpOnce sync.Once
+	packets  chan nonQUICPacket
+}
+
+type nonQUICPacket struct {
+	data []byte
+	addr net.Addr
+}
+
+// errorCodeNoListener closes a connection whose handshake finished after
+// every listener that could take it was closed.
+const errorCodeNoListener quic.ApplicationErrorCode = 0x100 // H3_NO_ERROR in HTTP/3
+
+// acquireTransport returns a new reference to the shared transport of the
+// socket of k, creating both as needed.
+func (p *Pool) acquireTransport(ctx context.Context, k Key, settings *quic.Transport) (*sharedTransport, error) {
+	for {
+		c, err := p.acquire(ctx, k)
+		if err != nil {
+			return nil, err
+		}
+		e := c.entry
+		p.mu.Lock()
+		st := e.qt
+		switch {
+		case st != nil && st.closing:
+			// Wait until the old transport has stopped reading: two
+			// transports on one socket would split its datagrams.
+			p.mu.Unlock()
+			c.Close()
+			select {
+			case <-st.done:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		case st != nil:
+			err := st.compatible(settings)
+			if err == nil {
+				st.refs++
+			}
+			p.mu.Unlock()
+			c.Close() // the shared transport holds its own handle
+			if err != nil {
+				return nil, err
+			}
+			return st, nil
+		}
+		st = &sharedTransport{
+			pool: p, entry: e, conn: c, settings: settings, refs: 1,
+			done: make(chan struct{}), stop: make(chan struct{}), broken: make(chan struct{}),
+		}
+		st.qt = st.newQUICTransport()
+		e.qt = st
+		p.mu.Unlock()
+		return st, nil
+	}
+}
+
+// newQUICTransport builds the quic.Transport on st.conn with the requested
+// settings, chaining ConnContext to record which listener a handshake chose.
+func (st *sharedTransport) newQUICTransport() *quic.Transport {
+	qt := &quic.Transport{}
+	if st.settings != nil {
+		dst, src := reflect.ValueOf(qt).Elem(), reflect.ValueOf(st.settings).Elem()
+		for i := range dst.NumField() {
+			if dst.Type().Field(i).IsExported() {
+				dst.Field(i).Set(src.Field(i))
+			}
+		}
+	}
+	qt.Conn = st.conn
+	user := qt.ConnContext
+	qt.ConnContext = func(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
+		if user != nil {
+			var err error
+			if ctx, err = user(ctx, info); err != nil {
+				return ctx, err
+			}
+		}
+		return context.WithValue(ctx, routeKey{}, new(route)), nil
+	}
+	return qt
+}
+
+// compatible checks a later user's settings against the first user's.
+// Pool.mu must be held.
+func (st *sharedTransport) compatible(settings *quic.Transport) error {
+	if settings == nil {
+		return nil
+	}
+	want := reflect.ValueOf(settings).Elem()
+	var have reflect.Value
+	if st.settings != nil {
+		have = reflect.ValueOf(st.settings).Elem()
+	}
+	for i := range want.NumField() {
+		f := want.Type().Field(i)
+		if !f.IsExported() || f.Name == "Conn" || want.Field(i).IsZero() {
+			continue
+		}
+		if !have.IsValid() || !sameSetting(want.Field(i), have.Field(i)) {
+			return fmt.Errorf("%w: %s", ErrTransportConfig, f.Name)
+		}
+	}
+	return nil
+}
+
+func sameSetting(a, b reflect.Value) bool {
+	switch a.Kind() {
+	case reflect.Func:
+		return !b.IsNil() && a.Pointer() == b.Pointer()
+	case reflect.Pointer:
+		return !b.IsNil() && reflect.DeepEqual(a.Elem().Interface(), b.Elem().Interface())
+	}
+	return reflect.DeepEqual(a.Interface(), b.Interface())
+}
+
+// fail marks the transport unusable after Pool.Close closed its socket, so
+// that Accept returns instead of waiting for connections that cannot come.
+func (st *sharedTransport) fail() {
+	st.brokenOnce.Do(func() { close(st.broken) })
+}
+
+// ref adds a reference for a new Listener; the caller holds one already.
+func (st *sharedTransport) ref() {
+	st.pool.mu.Lock()
+	st.refs++
+	st.pool.mu.Unlock()
+}
+
+// release drops a reference and shuts the transport down with the last one.
+func (st *sharedTransport) release() {
+	p := st.pool
+	p.mu.Lock()
+	if st.refs <= 0 {
+		p.mu.Unlock()
+		return // a bug elsewhere; never drive the count negative
+	}
+	st.refs--
+	if st.refs > 0 {
+		p.mu.Unlock()
+		return
+	}
+	st.closing = true
+	p.mu.Unlock()
+
+	close(st.stop)
+	st.closeReal()
+	st.qt.Close() // stops its reader through st.conn's own deadline
+	st.conn.Close()
+	p.mu.Lock()
+	if st.entry.qt == st {
+		st.entry.qt = nil
+	}
+	close(st.done)
+	p.mu.Unlock()
+}
+
+// closeReal closes the quic-go listener once no logical listener is left.
+func (st *sharedTransport) closeReal() {
+	st.realMu.Lock()
+	defer st.realMu.Unlock()
+	st.mu.Lock()
+	real, done := st.real, st.acceptDone
+	if len(st.listeners) > 0 || real == nil {
+		st.mu.Unlock()
+		return
+	}
+	st.real = nil
+	st.mu.Unlock()
+	// Outside st.mu: Close waits for handshakes in flight, whose TLS
+	// callbacks take st.mu.
+	real.Close()
+	<-done
+}
+
+// addListener registers l and makes sure the quic-go listener runs.
+func (st *sharedTransport) addListener(l *Listener) error {
+	st.realMu.Lock()
+	defer st.realMu.Unlock()
+	st.mu.Lock()
+	st.listeners = append(st.listeners, l)
+	running := st.real != nil
+	st.mu.Unlock()
+	if running {
+		return nil
+	}
+	tlsConf := &tls.Config{GetConfigForClient: st.tlsConfigFor}
+	quicConf := &quic.Config{GetConfigForClient: st.quicConfigFor}
+	real, err := st.qt.ListenEarly(tlsConf, quicConf)
+	if err != nil {
+		st.removeListener(l)
+		return err
+	}
+	done := make(chan struct{})
+	st.mu.Lock()
+	st.real, st.acceptDone = real, done
+	st.mu.Unlock()
+	go st.acceptLoop(real, done)
+	return nil
+}
+
+func (st *sharedTransport) removeListener(l *Listener) {
+	st.mu.Lock()
+	st.listeners = slices.DeleteFunc(st.listeners, func(o *Listener) bool { return o == l })
+	st.mu.Unlock()
+}
+
+// pick returns the newest open listener that serves one of protos (any
+// listener if protos is empty; a listener without protocols serves any).
+// With fallback, it returns the newest listener when none matches, so that
+// the TLS handshake fails with the proper no_application_protocol alert.
+func (st *sharedTransport) pick(protos []string, fallback bool) *Listener {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for _, l := range slices.Backward(st.listeners) {
+		if l.serves(protos) {
+			return l
+		}
+	}
+	if fallback && len(st.listeners) > 0 {
+		return st.listeners[len(st.listeners)-1]
+	}
+	return nil
+}
+
+// routeKey marks the per-connection record of the listener that its TLS
+// handshake chose.
+type routeKey struct{}
+
+type route struct{ l atomic.Pointer[Listener] }
+
+// tlsConfigFor gives a new handshake the TLS configuration of the newest
+// listener serving one of the client's ALPN protocols, and remembers it.
+func (st *sharedTransport) tlsConfigFor(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+	l := st.pick(hello.SupportedProtos, true)
+	if l == nil {
+		return nil, errNoListener
+	}
+	if r, ok := hello.Context().Value(routeKey{}).(*route); ok {
+		r.l.Store(l)
+	}
+	if l.tls.GetConfigForClient != nil {
+		conf, err := l.tls.GetConfigForClient(hello)
+		if err != nil || conf != nil {
+			return conf, err
+		}
+	}
+	return l.tls, nil
+}
+
+var errNoListener = errors.New("udppool: no open listener")
+
+// quicConfigFor gives a new connection the QUIC configuration of the newest
+// open listener.
+func (st *sharedTransport) quicConfigFor(info *quic.ClientInfo) (*quic.Config, error) {
+	l := st.pick(nil, false)
+	if l == nil {
+		return nil, errNoListener // quic-go refuses the connection
+	}
+	conf := l.quic
+	if conf != nil && conf.GetConfigForClient != nil {
+		return conf.GetConfigForClient(info)
+	}
+	if conf == nil {
+		conf = &quic.Config{}
+	}
+	return conf, nil
+}
+
+func (st *sharedTransport) acceptLoop(real *quic.EarlyListener, done chan<- struct{}) {
+	defer close(done)
+	for {
+		conn, err := real.Accept(context.Background())
+		if err != nil {
+			return
+		}
+		var l *Listener
+		if r, ok := conn.Context().Value(routeKey{}).(*route); ok {
+			l = r.l.Load()
+		}
+		st.deliver(conn, l)
+	}
+}
+
+// deliver hands conn to l, or, if l has closed meanwhile, to the newest open
+// listener serving the negotiated protocol. Without one it closes conn.
+func (st *sharedTransport) deliver(conn *quic.Conn, l *Listener) {
+	for {
+		if l == nil || l.isClosed() {
+			l = st.pick(negotiated(conn), false)
+		}
+		if l == nil {
+			conn.CloseWithError(errorCodeNoListener, "no listener")
+			return
+		}
+		if !l.early {
+			go st.deliverHandshaken(conn, l)
+			return
+		}
+		if l.push(conn, st) {
+			return
+		}
+		l = nil
+	}
+}
+
+// deliverHandshaken waits for the handshake before delivering to a
+// (non-early) Listener.
+func (st *sharedTransport) deliverHandshaken(conn *quic.Conn, l *Listener) {
+	select {
+	case <-conn.HandshakeComplete():
+	case <-conn.Context().Done():
+		return
+	}
+	for !l.push(conn, st) {
+		if l = st.pick(negotiated(conn), false); l == nil {
+			conn.CloseWithError(errorCodeNoListener, "no listener")
+			return
+		}
+	}
+}
+
+func negotiated(conn *quic.Conn) []string {
+	if p := conn.ConnectionState().TLS.NegotiatedProtocol; p != "" {
+		return []string{p}
+	}
+	return nil
+}
+
+// nonQUIC starts, once, the goroutine that moves quic-go's non-QUIC
+// datagrams into a channel that Transport handles can select on.
+func (st *sharedTransport) nonQUIC() <-chan nonQUICPacket {
+	st.pumpOnce.Do(func() {
+		st.packets = make(chan nonQUICPacket, 64)
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() {
+			<-st.stop
+			cancel()
+		}()
+		go func() {
+			buf := make([]byte, 1<<16)
+			for {
+				n, addr, err := st.qt.ReadNonQUICPacket(ctx, buf)
+				if err != nil {
+					return
+				}
+				select {
+				case st.packets <- nonQUICPacket{data: slices.Clone(buf[:n]), addr: addr}:
+				case <-st.stop:
+					return
+				}
+			}
+		}()
+	})
+	return st.packets
+}
+
+// A Listener is a logical QUIC listener on a pooled Transport. Several may be
+// open on one Transport at once: each new handshake uses the TLS and QUIC
+// configuration of the newest open listener that serves one of the client's
+// ALPN protocols, and is delivered to that listener. Closing a Listener
+// stops its deliveries only: connections it accepted stay open, and
+// handshakes it had not yet delivered go to the newest listener left.
+//
+// A Listener satisfies http3.QUICListener, so (*http3.Server).ServeListener
+// serves HTTP/3 on it.
+type Listener struct {
+	t      *Transport
+	early  bool
+	tls    *tls.Config
+	quic   *quic.Config
+	protos []string
+
+	mu     sync.Mutex
+	closed bool
+	done   chan struct{}
+	queue  chan accepted
+}
+
+type accepted struct {
+	conn *quic.Conn
+	from *sharedTransport
+}
+
+// acceptQueueLen bounds the connections waiting in a Listener for Accept.
+// Beyond it new connections are refused, as quic-go refuses them when its
+// own accept queue is full.
+const acceptQueueLen = 256
+
+// Listen opens a logical listener that delivers connections once their
+// handshake has completed. tlsConf must list the listener's ALPN protocols in
+// NextProtos; they route connections among the listeners of the Transport.
+func (t *Transport) Listen(tlsConf *tls.Config, conf *quic.Config) (*Listener, error) {
+	return t.listen(tlsConf, conf, false)
+}
+
+// ListenEarly is like Listen but delivers connections before the handshake
+// completes, as quic-go's ListenEarly does (0.5-RTT and, with
+// conf.Allow0RTT, 0-RTT data).
+func (t *Transport) ListenEarly(tlsConf *tls.Config, conf *quic.Config) (*Listener, error) {
+	return t.listen(tlsConf, conf, true)
+}
+
+func (t *Transport) listen(tlsConf *tls.Config, conf *quic.Config, early bool) (*Listener, error) {
+	if err := t.check("listen"); err != nil {
+		return nil, err
+	}
+	if tlsConf == nil {
+		return nil, &net.OpError{Op: "listen", Net: "udp", Source: t.LocalAddr(), Err: errors.New("tls.Config not set")}
+	}
+	l := &Listener{
+		t: t, early: early, tls: tlsConf, quic: conf, protos: slices.Clone(tlsConf.NextProtos),
+		done: make(chan struct{}), queue: make(chan accepted, acceptQueueLen),
+	}
+	for i, st := range t.parts {
+		st.ref()
+		if err := st.addListener(l); err != nil {
+			for _, prev := range t.parts[:i] {
+				prev.removeListener(l)
+				prev.closeReal()
+				prev.release()
+			}
+			st.release()
+			return nil, &net.OpError{Op: "listen", Net: "udp", Source: t.LocalAddr(), Err: err}
+		}
+	}
+	return l, nil
+}
+
+// serves reports whether l takes a connection offering protos.
+func (l *Listener) serves(protos []string) bool {
+	if len(l.protos) == 0 || len(protos) == 0 {
+		return true
+	}
+	for _, p := range protos {
+		if slices.Contains(l.protos, p) {
+			return true
+		}
+	}
+	return false
+}
+
+func (l *Listener) isClosed() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.closed
+}
+
+// push queues conn for Accept; false if l is closed.
+func (l *Listener) push(conn *quic.Conn, from *sharedTransport) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	select {
+	case l.queue <- accepted{conn, from}:
+	default:
+		conn.CloseWithError(errorCodeNoListener, "accept queue full")
+	}
+	return true
+}
+
+// Accept returns the next connection delivered to l. After Close it returns
+// quic.ErrServerClosed, as quic-go's listeners do.
+func (l *Listener) Accept(ctx context.Context) (*quic.Conn, error) {
+	var broken [2]<-chan struct{}
+	for i, st := range l.t.parts {
+		broken[i] = st.broken
+	}
+	select {
+	case a := <-l.queue:
+		return a.conn, nil
+	case <-l.done:
+		return nil, quic.ErrServerClosed
+	case <-broken[0]:
+		return nil, quic.ErrServerClosed
+	case <-broken[1]:
+		return nil, quic.ErrServerClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Addr returns the local address of the Transport.
+func (l *Listener) Addr() net.Addr { return l.t.LocalAddr() }
+
+// Close stops deliveries to l. Connections it accepted stay open;
+// connections delivered but not yet accepted go to the newest listener left
+// that serves their protocol, or are closed. Calls after the first return
+// an error wrapping net.ErrClosed.
+func (l *Listener) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return &net.OpError{Op: "close", Net: "udp", Source: l.Addr(), Err: net.ErrClosed}
+	}
+	l.closed = true
+	close(l.done)
+	var pending []accepted
+	for len(l.queue) > 0 {
+		pending = append(pending, <-l.queue)
+	}
+	l.mu.Unlock()
+	for _, st := range l.t.parts {
+		st.removeListener(l)
+	}
+	for _, a := range pending {
+		a.from.deliver(a.conn, nil)
+	}
+	for _, st := range l.t.parts {
+		st.closeReal()
+		st.release()
+	}
+	return nil
+}

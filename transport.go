@@ -1,0 +1,272 @@
+package udppool
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime"
+	"sync/atomic"
+
+	"github.com/quic-go/quic-go"
+)
+
+// ErrTransportConfig reports a Transport request whose quic.Transport
+// settings differ from those of the shared transport already serving the
+// socket: quic-go allows one Transport per socket, so the first user's
+// settings stay until the last user is gone.
+var ErrTransportConfig = errors.New("conflicts with the settings of the shared QUIC transport")
+
+// ErrFamily reports a destination that the socket cannot reach, such as an
+// IPv6 address dialled from an IPv4 socket.
+var ErrFamily = errors.New("address family not served by this socket")
+
+// A TransportOption configures the shared quic.Transport of a socket.
+type TransportOption func(*transportOptions)
+
+type transportOptions struct {
+	settings *quic.Transport
+}
+
+// WithQUICTransport takes the settings of the shared quic.Transport
+// (connection ID length or generator, stateless reset key, token key,
+// tracer, ConnContext, ...) from tmpl, whose Conn must be nil. The first
+// Transport request of a socket decides the settings; a later request that
+// sets a field to a different value fails with ErrTransportConfig, so that
+// two parts of a server never silently run with different settings. Fields
+// a later request leaves zero are not compared. Functions compare equal
+// only if they are the same function.
+func WithQUICTransport(tmpl *quic.Transport) TransportOption {
+	return func(o *transportOptions) { o.settings = tmpl }
+}
+
+// WithSplitStack makes the pool serve a "udp" wildcard Transport from two
+// sockets, an IPv4 one and an IPv6-only one, instead of one dual-stack
+// socket. It is the default on FreeBSD, OpenBSD, NetBSD and DragonFly, where
+// dual-stack sockets and quic-go's packet-info replies to IPv4-mapped
+// addresses do not mix, and on hosts that cannot bind dual-stack.
+func WithSplitStack(on bool) Option {
+	return func(o *options) { o.split = &on }
+}
+
+func (p *Pool) splitStack() bool {
+	if p.opts.split != nil {
+		return *p.opts.split
+	}
+	switch runtime.GOOS {
+	case "freebsd", "openbsd", "netbsd", "dragonfly":
+		return true
+	}
+	return !p.stack.dualStack
+}
+
+// A Transport is one reference to the shared quic.Transport of a pooled
+// socket (two sockets for a split-stack wildcard). Listeners opened on it
+// are logical: several may be open at once on one quic-go listener, which
+// makes reloads possible without closing the port. Close releases the
+// reference; the quic.Transport and the socket close when the last
+// Transport and Listener referring to them are closed, and with them every
+// connection still open on them.
+type Transport struct {
+	key    Key
+	parts  []*sharedTransport // one per socket
+	closed atomic.Bool
+}
+
+// Transport returns a new reference to the shared quic.Transport serving
+// network and address, creating the socket and the transport if needed.
+// Networks and addresses are as for ListenPacket. A "udp" wildcard is
+// served by one dual-stack socket, or by an IPv4 and an IPv6 socket where
+// split-stack applies (see WithSplitStack).
+//
+// Do not read from a socket that a Transport serves through a *Conn of the
+// same key: each datagram goes to one reader, and quic-go must see them all.
+// Use ReadNonQUICPacket for other traffic on the port.
+func (p *Pool) Transport(ctx context.Context, network, address string, opts ...TransportOption) (*Transport, error) {
+	var o transportOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	t, err := p.transport(ctx, network, address, o)
+	if err != nil {
+		var e *Error
+		if errors.As(err, &e) {
+			return nil, err
+		}
+		return nil, opError("transport", network, address, Key{}, err)
+	}
+	return t, nil
+}
+
+func (p *Pool) transport(ctx context.Context, network, address string, o transportOptions) (*Transport, error) {
+	if o.settings != nil && o.settings.Conn != nil {
+		return nil, fmt.Errorf("%w: the template's Conn must be nil", ErrTransportConfig)
+	}
+	k, err := p.key(ctx, network, address)
+	if err != nil {
+		return nil, err
+	}
+	keys := []Key{k}
+	if network == "udp" && k.Addr.Addr().IsUnspecified() && p.splitStack() {
+		keys = []Key{
+			{Network: "udp4", Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), k.Addr.Port())},
+			{Network: "udp6", Addr: netip.AddrPortFrom(netip.IPv6Unspecified(), k.Addr.Port())},
+		}
+		if !p.stack.ipv6 {
+			keys = keys[:1] // a host without IPv6: serve what it has
+		}
+	}
+	t := &Transport{key: k}
+	fail := func(k Key, err error) (*Transport, error) {
+		t.Close()
+		return nil, opError("transport", network, address, k, err)
+	}
+	for _, k := range keys {
+		if k.Addr.Port() == 0 && len(t.parts) > 0 {
+			// The second socket of a split-stack port 0 request takes
+			// the port the first one got.
+			k.Addr = netip.AddrPortFrom(k.Addr.Addr(), t.parts[0].entry.key.Addr.Port())
+		}
+		st, err := p.acquireTransport(ctx, k, o.settings)
+		if err != nil {
+			return fail(k, err)
+		}
+		t.parts = append(t.parts, st)
+	}
+	if len(t.parts) > 1 {
+		t.key = Key{Network: "udp", Addr: netip.AddrPortFrom(netip.IPv6Unspecified(), t.parts[0].entry.key.Addr.Port())}
+	} else {
+		t.key = t.parts[0].entry.key
+	}
+	return t, nil
+}
+
+// Keys returns the keys of the sockets serving t: one, or an IPv4 and an
+// IPv6 key for a split-stack wildcard.
+func (t *Transport) Keys() []Key {
+	keys := make([]Key, len(t.parts))
+	for i, st := range t.parts {
+		keys[i] = st.entry.key
+	}
+	return keys
+}
+
+// LocalAddr returns the local address: the socket's, or the wildcard with
+// the shared port for a split-stack transport.
+func (t *Transport) LocalAddr() net.Addr {
+	if len(t.parts) == 1 {
+		return t.parts[0].conn.LocalAddr()
+	}
+	return &net.UDPAddr{Port: int(t.key.Addr.Port())}
+}
+
+// Close releases this reference. Listeners opened on t stay open; the
+// shared transport closes with the last reference. Calls after the first
+// return an error wrapping net.ErrClosed.
+func (t *Transport) Close() error {
+	if t.closed.Swap(true) {
+		return &net.OpError{Op: "close", Net: "udp", Source: t.LocalAddr(), Err: net.ErrClosed}
+	}
+	for _, st := range t.parts {
+		st.release()
+	}
+	return nil
+}
+
+func (t *Transport) check(op string) error {
+	if t.closed.Load() {
+		return &net.OpError{Op: op, Net: "udp", Source: t.LocalAddr(), Err: net.ErrClosed}
+	}
+	return nil
+}
+
+// part returns the shared transport whose socket can reach addr.
+func (t *Transport) part(op string, addr net.Addr) (*sharedTransport, error) {
+	ua, ok := addr.(*net.UDPAddr)
+	if !ok {
+		return nil, &net.OpError{Op: op, Net: "udp", Source: t.LocalAddr(), Addr: addr, Err: fmt.Errorf("%w: not a *net.UDPAddr: %T", ErrFamily, addr)}
+	}
+	ip := ua.AddrPort().Addr().Unmap()
+	for _, st := range t.parts {
+		if st.entry.key.reaches(ip) {
+			return st, nil
+		}
+	}
+	return nil, &net.OpError{Op: op, Net: "udp", Source: t.LocalAddr(), Addr: addr, Err: fmt.Errorf("%w: socket %v cannot send to %v", ErrFamily, t.key, ip)}
+}
+
+// reaches reports whether the socket of k can send to ip.
+func (k Key) reaches(ip netip.Addr) bool {
+	switch k.Network {
+	case "udp":
+		return true
+	case "udp4":
+		return ip.Is4()
+	default:
+		return !ip.Is4()
+	}
+}
+
+// Dial dials addr through the shared transport whose socket serves addr's
+// family, so that the connection leaves from the pooled port.
+func (t *Transport) Dial(ctx context.Context, addr net.Addr, tlsConf *tls.Config, conf *quic.Config) (*quic.Conn, error) {
+	if err := t.check("dial"); err != nil {
+		return nil, err
+	}
+	st, err := t.part("dial", addr)
+	if err != nil {
+		return nil, err
+	}
+	return st.qt.Dial(ctx, addr, tlsConf, conf)
+}
+
+// DialEarly is like Dial but may send 0-RTT data.
+func (t *Transport) DialEarly(ctx context.Context, addr net.Addr, tlsConf *tls.Config, conf *quic.Config) (*quic.Conn, error) {
+	if err := t.check("dial"); err != nil {
+		return nil, err
+	}
+	st, err := t.part("dial", addr)
+	if err != nil {
+		return nil, err
+	}
+	return st.qt.DialEarly(ctx, addr, tlsConf, conf)
+}
+
+// WriteTo sends a non-QUIC datagram from the pooled socket.
+func (t *Transport) WriteTo(b []byte, addr net.Addr) (int, error) {
+	if err := t.check("write"); err != nil {
+		return 0, err
+	}
+	st, err := t.part("write", addr)
+	if err != nil {
+		return 0, err
+	}
+	return st.qt.WriteTo(b, addr)
+}
+
+// ReadNonQUICPacket reads the next datagram on the port that is not a QUIC
+// packet (quic-go's ReadNonQUICPacket), from any socket of t. Datagrams
+// that arrive before the first call are dropped, as quic-go does.
+func (t *Transport) ReadNonQUICPacket(ctx context.Context, b []byte) (int, net.Addr, error) {
+	if err := t.check("read"); err != nil {
+		return 0, nil, err
+	}
+	var chans [2]<-chan nonQUICPacket
+	var stops [2]<-chan struct{}
+	for i, st := range t.parts {
+		chans[i], stops[i] = st.nonQUIC(), st.stop
+	}
+	select {
+	case pkt := <-chans[0]:
+		return copy(b, pkt.data), pkt.addr, nil
+	case pkt := <-chans[1]:
+		return copy(b, pkt.data), pkt.addr, nil
+	case <-stops[0]:
+	case <-stops[1]:
+	case <-ctx.Done():
+		return 0, nil, ctx.Err()
+	}
+	return 0, nil, &net.OpError{Op: "read", Net: "udp", Source: t.LocalAddr(), Err: net.ErrClosed}
+}
