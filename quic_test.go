@@ -443,3 +443,7 @@ func TestNonQUICBesideQUIC(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func udpAddr(ip netip.Addr, port uint16) *net.UDPAddr {
+	return net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip, port))
+}
