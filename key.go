@@ -83,27 +83,36 @@ type resolver interface {
 // the Key of the socket Go would bind for them. Hostnames resolve as Go
 // resolves listen addresses: the first IPv4 address is preferred for "udp".
 func parseKey(ctx context.Context, r resolver, st stack, network, address string) (Key, error) {
+	k, _, err := parseKeyLiteral(ctx, r, st, network, address)
+	return k, err
+}
+
+// parseKeyLiteral is parseKey that also reports whether the address was
+// literal (no host name or service name looked up), so that its key can be
+// cached.
+func parseKeyLiteral(ctx context.Context, r resolver, st stack, network, address string) (k Key, literal bool, err error) {
 	switch network {
 	case "udp", "udp4", "udp6":
 	default:
-		return Key{}, fmt.Errorf("%w %q", ErrUnknownNetwork, network)
+		return Key{}, false, fmt.Errorf("%w %q", ErrUnknownNetwork, network)
 	}
 	var host, service string
 	if address != "" { // like net.ListenPacket, "" means ":0"
-		var err error
 		if host, service, err = net.SplitHostPort(address); err != nil {
-			return Key{}, fmt.Errorf("%w: %w", ErrInvalidAddress, err)
+			return Key{}, false, fmt.Errorf("%w: %w", ErrInvalidAddress, err)
 		}
 	}
 	port, err := parsePort(ctx, r, service)
 	if err != nil {
-		return Key{}, err
+		return Key{}, false, err
 	}
 	ip, err := parseHost(ctx, r, network, host)
 	if err != nil {
-		return Key{}, err
+		return Key{}, false, err
 	}
-	return keyFor(st, network, ip, port), nil
+	_, hostErr := netip.ParseAddr(host)
+	literal = (host == "" || hostErr == nil) && (service == "" || isNumeric(service))
+	return keyFor(st, network, ip, port), literal, nil
 }
 
 func parsePort(ctx context.Context, r resolver, service string) (uint16, error) {

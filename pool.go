@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -23,8 +24,13 @@ type Pool struct {
 	stackOnce sync.Once
 	stack     stack
 
+	// literals caches the keys of literal addresses, whose normalization
+	// cannot change while the pool lives; names are resolved every time.
+
+	index *index // spellings to entries, for the fast path
+
 	mu      sync.Mutex
-	closed  bool
+	closed  atomic.Bool // set under mu
 	entries map[Key]*entry
 	byPort  map[uint16][]*entry // for the overlap check
 }
@@ -34,13 +40,16 @@ type Pool struct {
 // after the socket has closed, so a new acquire of its key waits instead of
 // racing a socket that is still binding or closing.
 type entry struct {
-	key   Key
-	refs  int           // guarded by Pool.mu
+	key Key
+	// refs counts handles and other references. The fast path increments
+	// it only while it is positive; every change from or to zero happens
+	// under Pool.mu.
+	refs  atomic.Int64
 	ready chan struct{} // closed when the bind has finished
 	sock  *socket       // set before ready is closed, if the bind succeeded
 	err   error         // set before ready is closed, if the bind failed
 
-	closing bool          // guarded by Pool.mu; no new references
+	closing atomic.Bool   // set under Pool.mu; no new references
 	done    chan struct{} // closed once the socket is closed and the entry gone
 
 	lingerGen int // guarded by Pool.mu; invalidates pending linger timers
@@ -90,6 +99,7 @@ func WithControl(fn func(network, address string, c syscall.RawConn) error) Opti
 func New(opts ...Option) *Pool {
 	p := &Pool{
 		opts:    options{reuse: true, lookup: net.DefaultResolver},
+		index:   newIndex(),
 		entries: make(map[Key]*entry),
 		byPort:  make(map[uint16][]*entry),
 	}
@@ -127,7 +137,15 @@ func ListenPacket(ctx context.Context, network, address string) (*Conn, error) {
 // with ErrOverlap. Errors are *Error values; a port held by another socket
 // satisfies errors.Is(err, syscall.EADDRINUSE).
 func (p *Pool) ListenPacket(ctx context.Context, network, address string) (*Conn, error) {
-	k, err := p.key(ctx, network, address)
+	sp := spelling{network, address}
+	if c := p.fast(sp); c != nil {
+		if err := ctx.Err(); err != nil {
+			c.Close()
+			return nil, opError("listen", network, address, c.Key(), err)
+		}
+		return c, nil
+	}
+	k, literal, err := p.parse(ctx, network, address)
 	if err != nil {
 		return nil, opError("listen", network, address, Key{}, err)
 	}
@@ -135,15 +153,47 @@ func (p *Pool) ListenPacket(ctx context.Context, network, address string) (*Conn
 	if err != nil {
 		return nil, opError("listen", network, address, k, err)
 	}
+	if literal && k.Addr.Port() != 0 {
+		// Names are resolved anew every time; literals never change.
+		p.index.put(sp, c.entry)
+	}
 	return c, nil
 }
 
 func (p *Pool) key(ctx context.Context, network, address string) (Key, error) {
+	k, _, err := p.parse(ctx, network, address)
+	return k, err
+}
+
+func (p *Pool) parse(ctx context.Context, network, address string) (Key, bool, error) {
 	if err := ctx.Err(); err != nil {
-		return Key{}, err
+		return Key{}, false, err
 	}
 	p.stackOnce.Do(func() { p.stack = probeStack() })
-	return parseKey(ctx, p.opts.lookup, p.stack, network, address)
+	return parseKeyLiteral(ctx, p.opts.lookup, p.stack, network, address)
+}
+
+// fast returns a new handle to a socket the pool holds under spelling sp,
+// or nil if the slow path must decide.
+func (p *Pool) fast(sp spelling) *Conn {
+	if p.closed.Load() {
+		return nil
+	}
+	e := p.index.get(sp)
+	if e == nil {
+		return nil
+	}
+	for {
+		// A count of zero means released (lingering or closing): only the
+		// slow path, under p.mu, may revive it.
+		r := e.refs.Load()
+		if r <= 0 {
+			return nil
+		}
+		if e.refs.CompareAndSwap(r, r+1) {
+			return p.newConn(e)
+		}
+	}
 }
 
 func (p *Pool) bindOpts(k Key) bindOpts {
@@ -161,7 +211,7 @@ func (p *Pool) acquire(ctx context.Context, k Key) (*Conn, error) {
 	}
 	for {
 		p.mu.Lock()
-		if p.closed {
+		if p.closed.Load() {
 			p.mu.Unlock()
 			return nil, ErrPoolClosed
 		}
@@ -171,7 +221,7 @@ func (p *Pool) acquire(ctx context.Context, k Key) (*Conn, error) {
 				p.mu.Unlock()
 				return nil, err
 			}
-			e = &entry{key: k, refs: 1, ready: make(chan struct{}), done: make(chan struct{})}
+			e = newEntry(k)
 			p.insert(e)
 			p.mu.Unlock()
 			// The bind runs outside Pool.mu so that a slow bind (a
@@ -179,7 +229,7 @@ func (p *Pool) acquire(ctx context.Context, k Key) (*Conn, error) {
 			s, err := bind(ctx, k, p.bindOpts(k))
 			return p.bound(e, s, err)
 		}
-		if e.closing {
+		if e.closing.Load() {
 			done := e.done
 			p.mu.Unlock()
 			select {
@@ -189,14 +239,17 @@ func (p *Pool) acquire(ctx context.Context, k Key) (*Conn, error) {
 				return nil, ctx.Err()
 			}
 		}
-		e.refs++
+		e.refs.Add(1)
 		e.lingerGen++ // a pending linger timer must not close it now
+		bound := e.sock != nil
 		p.mu.Unlock()
-		select {
-		case <-e.ready:
-		case <-ctx.Done():
-			p.release(e)
-			return nil, ctx.Err()
+		if !bound {
+			select {
+			case <-e.ready:
+			case <-ctx.Done():
+				p.release(e)
+				return nil, ctx.Err()
+			}
 		}
 		if e.err != nil {
 			return nil, e.err
@@ -208,7 +261,7 @@ func (p *Pool) acquire(ctx context.Context, k Key) (*Conn, error) {
 // bound finishes the bind of e by the caller that created it.
 func (p *Pool) bound(e *entry, s *socket, err error) (*Conn, error) {
 	p.mu.Lock()
-	if err == nil && p.closed {
+	if err == nil && p.closed.Load() {
 		s.conn.Close()
 		err = ErrPoolClosed
 	}
@@ -235,7 +288,7 @@ func (p *Pool) acquireNew(ctx context.Context, k Key) (*Conn, error) {
 	k = s.localKey(k)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed {
+	if p.closed.Load() {
 		s.conn.Close()
 		return nil, ErrPoolClosed
 	}
@@ -249,10 +302,18 @@ func (p *Pool) acquireNew(ctx context.Context, k Key) (*Conn, error) {
 		s.conn.Close()
 		return nil, overlapError(held.key)
 	}
-	e := &entry{key: k, refs: 1, ready: make(chan struct{}), done: make(chan struct{}), sock: s}
+	e := newEntry(k)
+	e.sock = s
 	close(e.ready)
 	p.insert(e)
 	return p.newConn(e), nil
+}
+
+// newEntry returns an entry holding one reference, for its creator.
+func newEntry(k Key) *entry {
+	e := &entry{key: k, ready: make(chan struct{}), done: make(chan struct{})}
+	e.refs.Store(1)
+	return e
 }
 
 func (p *Pool) newConn(e *entry) *Conn {
@@ -296,15 +357,17 @@ var errRefCount = errors.New("udppool: reference released twice")
 
 // release drops one reference to e and closes its socket with the last one.
 func (p *Pool) release(e *entry) error {
-	p.mu.Lock()
-	if e.refs <= 0 {
-		p.mu.Unlock()
+	switch r := e.refs.Add(-1); {
+	case r > 0:
+		return nil
+	case r < 0:
+		e.refs.Add(1)
 		return errRefCount
 	}
-	e.refs--
-	if e.refs > 0 || e.closing || e.sock == nil {
-		// Still in use, already closed by Pool.Close, or still binding
-		// (its binder holds a reference and finishes the job).
+	p.mu.Lock()
+	if e.refs.Load() > 0 || e.closing.Load() || e.sock == nil {
+		// Revived by an acquire meanwhile, already closed by Pool.Close,
+		// or still binding (its binder holds a reference and finishes).
 		p.mu.Unlock()
 		return nil
 	}
@@ -314,7 +377,7 @@ func (p *Pool) release(e *entry) error {
 		p.mu.Unlock()
 		return nil
 	}
-	e.closing = true
+	e.closing.Store(true)
 	p.mu.Unlock()
 	return p.destroy(e)
 }
@@ -322,11 +385,11 @@ func (p *Pool) release(e *entry) error {
 // expire closes e when its linger time ends, unless it was acquired since.
 func (p *Pool) expire(e *entry, gen int) {
 	p.mu.Lock()
-	if e.refs > 0 || e.closing || e.lingerGen != gen {
+	if e.refs.Load() > 0 || e.closing.Load() || e.lingerGen != gen {
 		p.mu.Unlock()
 		return
 	}
-	e.closing = true
+	e.closing.Store(true)
 	p.mu.Unlock()
 	p.destroy(e)
 }
@@ -348,16 +411,16 @@ func (p *Pool) destroy(e *entry) error {
 // ListenPacket fail with ErrPoolClosed.
 func (p *Pool) Close() error {
 	p.mu.Lock()
-	if p.closed {
+	if p.closed.Load() {
 		p.mu.Unlock()
 		return &Error{Op: "close", Err: ErrPoolClosed}
 	}
-	p.closed = true
+	p.closed.Store(true)
 	var live []*entry
 	var transports []*sharedTransport
 	for _, e := range p.entries {
-		if e.sock != nil && !e.closing {
-			e.closing = true
+		if e.sock != nil && !e.closing.Load() {
+			e.closing.Store(true)
 			live = append(live, e)
 		}
 		if e.qt != nil {
@@ -389,13 +452,13 @@ func (p *Pool) Stats() []SocketStats {
 	p.mu.Lock()
 	stats := make([]SocketStats, 0, len(p.entries))
 	for _, e := range p.entries {
-		if e.sock == nil || e.closing {
+		if e.sock == nil || e.closing.Load() {
 			continue
 		}
 		stats = append(stats, SocketStats{
 			Key:       e.key,
 			LocalAddr: e.sock.laddr,
-			Refs:      e.refs,
+			Refs:      int(e.refs.Load()),
 			Opened:    e.sock.opened,
 			Age:       time.Since(e.sock.opened),
 		})
