@@ -402,9 +402,13 @@ func (st *sharedTransport) nonQUIC() <-chan nonQUICPacket {
 }
 
 // A Listener is a logical QUIC listener on a pooled Transport. Several may be
-// open on one Transport at once: each new handshake uses the TLS and QUIC
+// open on one Transport at once: each new handshake uses the TLS
 // configuration of the newest open listener that serves one of the client's
-// ALPN protocols, and is delivered to that listener. Closing a Listener
+// ALPN protocols, and is delivered to that listener. The QUIC configuration
+// (quic.Config) of a new connection is the newest open listener's whatever
+// its protocols, because quic-go asks for it before the ClientHello names
+// any: listeners of different protocols on one Transport should agree on
+// settings such as EnableDatagrams. Closing a Listener
 // stops its deliveries only: connections it accepted stay open, and
 // handshakes it had not yet delivered go to the newest listener left.
 //

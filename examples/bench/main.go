@@ -1,0 +1,144 @@
+// Command bench compares udppool against the raw socket, side by side in
+// one run: the benchmarks of bench_test.go are interleaved over several
+// rounds, and the table shows medians and the ratios that matter.
+//
+//	go run ./examples/bench          # a table
+//	go run ./examples/bench -json    # one JSON object
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/udppool/udppool/internal/benchcases"
+)
+
+type bench struct {
+	name string
+	fn   func(*testing.B)
+}
+
+type result struct {
+	nsPerOp     float64
+	allocsPerOp float64
+	mbPerSec    float64
+}
+
+func main() {
+	rounds := flag.Int("rounds", 5, "interleaved rounds; medians are reported")
+	benchtime := flag.Duration("benchtime", 300*time.Millisecond, "time per benchmark per round")
+	asJSON := flag.Bool("json", false, "print one JSON object instead of a table")
+	testing.Init()
+	flag.Parse()
+	if err := flag.Set("test.benchtime", benchtime.String()); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+
+	benches := []bench{
+		{"acquire-release/10 keys", benchcases.AcquireRelease(10)},
+		{"acquire-release/64 keys", benchcases.AcquireRelease(64)},
+		{"acquire-release/10000 keys", benchcases.AcquireRelease(10000)},
+		{"acquire-release/64 keys parallel", benchcases.AcquireReleaseParallel},
+		{"first acquire/pool", benchcases.FirstAcquire},
+		{"first acquire/net.ListenPacket", benchcases.ListenPacketBaseline},
+		{"datagrams ReadFrom-WriteTo/raw", benchcases.Datagrams(false, false)},
+		{"datagrams ReadFrom-WriteTo/pooled", benchcases.Datagrams(true, false)},
+		{"datagrams ReadMsgUDP-WriteMsgUDP/raw", benchcases.Datagrams(false, true)},
+		{"datagrams ReadMsgUDP-WriteMsgUDP/pooled", benchcases.Datagrams(true, true)},
+		{"quic bulk/raw", benchcases.QUICBulk(benchcases.Raw)},
+		{"quic bulk/pooled", benchcases.QUICBulk(benchcases.Pooled)},
+		{"quic bulk/wrapper", benchcases.QUICBulk(benchcases.Wrapper)},
+	}
+	samples := make(map[string][]result)
+	for round := range *rounds {
+		// Interleave: every benchmark once per round, in a rotated order,
+		// so drift in the machine's speed hits all of them alike.
+		for i := range benches {
+			b := benches[(i+round)%len(benches)]
+			r := testing.Benchmark(b.fn)
+			if r.N == 0 {
+				fmt.Fprintf(os.Stderr, "%s failed\n", b.name)
+				os.Exit(1)
+			}
+			res := result{nsPerOp: float64(r.T.Nanoseconds()) / float64(r.N), allocsPerOp: float64(r.AllocsPerOp())}
+			if r.Bytes > 0 {
+				res.mbPerSec = float64(r.Bytes) * float64(r.N) / 1e6 / r.T.Seconds()
+			}
+			samples[b.name] = append(samples[b.name], res)
+		}
+		if !*asJSON {
+			fmt.Fprintf(os.Stderr, "round %d of %d done\n", round+1, *rounds)
+		}
+	}
+	med := func(name string, f func(result) float64) float64 {
+		var v []float64
+		for _, r := range samples[name] {
+			v = append(v, f(r))
+		}
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	ns := func(name string) float64 { return med(name, func(r result) float64 { return r.nsPerOp }) }
+	mbs := func(name string) float64 { return med(name, func(r result) float64 { return r.mbPerSec }) }
+
+	summary := map[string]float64{
+		"throughput_pooled_over_raw":  mbs("quic bulk/pooled") / mbs("quic bulk/raw"),
+		"throughput_wrapper_over_raw": mbs("quic bulk/wrapper") / mbs("quic bulk/raw"),
+		"acquire_release_ns":          ns("acquire-release/10 keys"),
+		"acquire_release_allocs":      med("acquire-release/10 keys", func(r result) float64 { return r.allocsPerOp }),
+		"acquire_10k_over_10":         ns("acquire-release/10000 keys") / ns("acquire-release/10 keys"),
+		"parallel_speedup":            ns("acquire-release/64 keys") / ns("acquire-release/64 keys parallel"),
+		"first_acquire_over_listen":   ns("first acquire/pool") / ns("first acquire/net.ListenPacket"),
+		"datagram_pooled_over_raw":    mbs("datagrams ReadFrom-WriteTo/pooled") / mbs("datagrams ReadFrom-WriteTo/raw"),
+		"datagram_msg_pooled_over_raw": mbs("datagrams ReadMsgUDP-WriteMsgUDP/pooled") /
+			mbs("datagrams ReadMsgUDP-WriteMsgUDP/raw"),
+		"throughput_raw_mb_s":    mbs("quic bulk/raw"),
+		"throughput_pooled_mb_s": mbs("quic bulk/pooled"),
+		"rounds":                 float64(*rounds),
+	}
+	if *asJSON {
+		out, _ := json.MarshalIndent(summary, "", "  ")
+		fmt.Println(string(out))
+		return
+	}
+	fmt.Printf("%-42s %12s %10s %10s\n", "benchmark (median of rounds)", "ns/op", "allocs/op", "MB/s")
+	for _, b := range benches {
+		mb := ""
+		if v := mbs(b.name); v > 0 {
+			mb = fmt.Sprintf("%.1f", v)
+		}
+		fmt.Printf("%-42s %12.1f %10.0f %10s\n", b.name, ns(b.name), med(b.name, func(r result) float64 { return r.allocsPerOp }), mb)
+	}
+	fmt.Println()
+	targets := []struct {
+		key, target string
+		ok          bool
+	}{
+		{"throughput_pooled_over_raw", ">= 0.98", summary["throughput_pooled_over_raw"] >= 0.98},
+		{"throughput_wrapper_over_raw", "below pooled", summary["throughput_wrapper_over_raw"] < summary["throughput_pooled_over_raw"]},
+		{"acquire_release_ns", "< 200", summary["acquire_release_ns"] < 200},
+		{"acquire_release_allocs", "<= 1", summary["acquire_release_allocs"] <= 1},
+		{"acquire_10k_over_10", "<= 1.5", summary["acquire_10k_over_10"] <= 1.5},
+		{"parallel_speedup", "> 1", summary["parallel_speedup"] > 1},
+		{"datagram_pooled_over_raw", "(info)", true},
+		{"datagram_msg_pooled_over_raw", "(info)", true},
+		{"first_acquire_over_listen", "(info)", true},
+	}
+	fmt.Printf("%-32s %10s %14s  %s\n", "ratio", "value", "target", "")
+	for _, t := range targets {
+		mark := "met"
+		if !t.ok {
+			mark = "MISSED"
+		}
+		if t.target == "(info)" {
+			mark = ""
+		}
+		fmt.Printf("%-32s %10.3f %14s  %s\n", t.key, summary[t.key], t.target, mark)
+	}
+}
