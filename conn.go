@@ -101,10 +101,17 @@ func (c *Conn) do(dir int, op func() error) error {
 		if watched || c.closed.Load() || d.timed.Load() {
 			g.leave(dir)
 		}
-		if err == nil || !isTimeout(err) {
-			if err != nil && c.closed.Load() {
+		if err == nil {
+			if c.sock.failures.Load() != 0 {
+				c.sock.failures.Store(0)
+			}
+			return nil
+		}
+		if !isTimeout(err) {
+			if c.closed.Load() {
 				return net.ErrClosed
 			}
+			c.pool.failed(c.entry, err)
 			return err
 		}
 		// The socket deadline fired: ours, our Close, or another handle's.
@@ -119,6 +126,12 @@ func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 // opError wraps a cause reported by do the way the net package does, so
 // callers can test errors.Is(err, net.ErrClosed) and err.(net.Error).Timeout().
 func (c *Conn) opError(op string, err error, addr net.Addr) error {
+	if err == nil {
+		return nil
+	}
+	if dead := c.deadError(op, addr); dead != nil {
+		return dead
+	}
 	if err != net.ErrClosed && err != os.ErrDeadlineExceeded {
 		return err
 	}

@@ -32,6 +32,7 @@ type Pool struct {
 	mu      sync.Mutex
 	closed  atomic.Bool // set under mu
 	entries map[Key]*entry
+	dead    map[*entry]struct{} // dead sockets that still have holders
 	byPort  map[uint16][]*entry // for the overlap check
 }
 
@@ -63,6 +64,7 @@ type options struct {
 	control func(network, address string, c syscall.RawConn) error
 	lookup  resolver
 	split   *bool // nil: the platform's default
+	onDead  func(Key, error)
 }
 
 // An Option configures a Pool.
@@ -101,6 +103,7 @@ func New(opts ...Option) *Pool {
 		opts:    options{reuse: true, lookup: net.DefaultResolver},
 		index:   newIndex(),
 		entries: make(map[Key]*entry),
+		dead:    make(map[*entry]struct{}),
 		byPort:  make(map[uint16][]*entry),
 	}
 	for _, o := range opts {
@@ -191,9 +194,16 @@ func (p *Pool) fast(sp spelling) *Conn {
 			return nil
 		}
 		if e.refs.CompareAndSwap(r, r+1) {
-			return p.newConn(e)
+			break
 		}
 	}
+	if e.closing.Load() {
+		// Dead or closed by Pool.Close while held: the slow path binds
+		// afresh or reports the closed pool.
+		p.release(e)
+		return nil
+	}
+	return p.newConn(e)
 }
 
 func (p *Pool) bindOpts(k Key) bindOpts {
@@ -365,6 +375,9 @@ func (p *Pool) release(e *entry) error {
 		return errRefCount
 	}
 	p.mu.Lock()
+	if e.refs.Load() == 0 {
+		delete(p.dead, e)
+	}
 	if e.refs.Load() > 0 || e.closing.Load() || e.sock == nil {
 		// Revived by an acquire meanwhile, already closed by Pool.Close,
 		// or still binding (its binder holds a reference and finishes).
@@ -445,23 +458,35 @@ type SocketStats struct {
 	Refs      int           // open handles; zero while lingering
 	Opened    time.Time     // when the socket was bound
 	Age       time.Duration // time since Opened
+	// Dead is the error that killed the socket (see ErrSocketDead). A dead
+	// socket is already closed; it is listed until its holders release it.
+	Dead error
 }
 
 // Stats returns a snapshot of the pool's sockets, sorted by key.
 func (p *Pool) Stats() []SocketStats {
 	p.mu.Lock()
-	stats := make([]SocketStats, 0, len(p.entries))
-	for _, e := range p.entries {
-		if e.sock == nil || e.closing.Load() {
-			continue
-		}
-		stats = append(stats, SocketStats{
+	stats := make([]SocketStats, 0, len(p.entries)+len(p.dead))
+	add := func(e *entry) {
+		st := SocketStats{
 			Key:       e.key,
 			LocalAddr: e.sock.laddr,
 			Refs:      int(e.refs.Load()),
 			Opened:    e.sock.opened,
 			Age:       time.Since(e.sock.opened),
-		})
+		}
+		if cause := e.sock.dead.Load(); cause != nil {
+			st.Dead = *cause
+		}
+		stats = append(stats, st)
+	}
+	for _, e := range p.entries {
+		if e.sock != nil && !e.closing.Load() {
+			add(e)
+		}
+	}
+	for e := range p.dead {
+		add(e)
 	}
 	p.mu.Unlock()
 	slices.SortFunc(stats, func(a, b SocketStats) int {

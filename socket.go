@@ -22,6 +22,9 @@ type socket struct {
 	// gates coordinate the one kernel read deadline and the one write
 	// deadline among handles; see gate.
 	gates [2]gate
+
+	failures atomic.Int32          // consecutive failures that may mean death
+	dead     atomic.Pointer[error] // set once the socket is found dead
 }
 
 const (
