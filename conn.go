@@ -32,6 +32,7 @@ type Conn struct {
 
 	closed atomic.Bool
 	dirs   [2]dirState
+	leak   *leakWatch // nil unless the pool reports leaks
 }
 
 // dirState is one direction (read or write) of a handle.
@@ -335,6 +336,9 @@ func (c *Conn) SyscallConn() (syscall.RawConn, error) {
 func (c *Conn) Close() error {
 	if c.closed.Swap(true) {
 		return c.opError("close", net.ErrClosed, nil)
+	}
+	if c.leak != nil {
+		c.leak.closed.Store(true)
 	}
 	for dir := range c.dirs {
 		g := &c.sock.gates[dir]

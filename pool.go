@@ -65,6 +65,7 @@ type options struct {
 	lookup  resolver
 	split   *bool // nil: the platform's default
 	onDead  func(Key, error)
+	onLeak  func(Leak)
 }
 
 // An Option configures a Pool.
@@ -327,7 +328,9 @@ func newEntry(k Key) *entry {
 }
 
 func (p *Pool) newConn(e *entry) *Conn {
-	return &Conn{pool: p, entry: e, sock: e.sock}
+	c := &Conn{pool: p, entry: e, sock: e.sock}
+	c.leak = watch(p, c, "Conn", e.key, func() { p.release(e) })
+	return c
 }
 
 // checkOverlap returns an ErrOverlap error if k overlaps a held key.

@@ -73,6 +73,7 @@ type Transport struct {
 	key    Key
 	parts  []*sharedTransport // one per socket
 	closed atomic.Bool
+	leak   *leakWatch // nil unless the pool reports leaks
 }
 
 // Transport returns a new reference to the shared quic.Transport serving
@@ -140,6 +141,12 @@ func (p *Pool) transport(ctx context.Context, network, address string, o transpo
 	} else {
 		t.key = t.parts[0].entry.key
 	}
+	parts := t.parts
+	t.leak = watch(p, t, "Transport", t.parts[0].entry.key, func() {
+		for _, st := range parts {
+			st.release()
+		}
+	})
 	return t, nil
 }
 
@@ -168,6 +175,9 @@ func (t *Transport) LocalAddr() net.Addr {
 func (t *Transport) Close() error {
 	if t.closed.Swap(true) {
 		return &net.OpError{Op: "close", Net: "udp", Source: t.LocalAddr(), Err: net.ErrClosed}
+	}
+	if t.leak != nil {
+		t.leak.closed.Store(true)
 	}
 	for _, st := range t.parts {
 		st.release()
