@@ -14,14 +14,41 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/udppool/udppool"
+	"go.uber.org/goleak"
 	"golang.org/x/net/nettest"
 )
+
+// openFDs counts this process's descriptors, or -1 where it cannot.
+func openFDs() int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return -1
+	}
+	return len(ents)
+}
 
 // TestReloadUnderLoad reloads the listener of a dual-stack transport 100
 // times while IPv4 and IPv6 clients handshake without pause: no handshake
 // may fail, and a connection accepted by each old generation keeps working
 // until the end.
-func TestReloadUnderLoad(t *testing.T) {
+func TestReloadUnderLoad(t *testing.T) { reloadUnderLoad(t, 100) }
+
+// TestSoakReloads is the long version: 1,000 reloads under the same load,
+// then no goroutine, descriptor or reference may be left.
+func TestSoakReloads(t *testing.T) {
+	if testing.Short() {
+		t.Skip("soak test; runs without -short")
+	}
+	ignore := goleak.IgnoreCurrent()
+	fds := openFDs()
+	reloadUnderLoad(t, 1000) // closes every connection, listener and transport
+	goleak.VerifyNone(t, ignore)
+	if after := openFDs(); after != fds {
+		t.Errorf("open descriptors: %d before the soak, %d after", fds, after)
+	}
+}
+
+func reloadUnderLoad(t *testing.T, reloads int) {
 	var clients []netip.Addr
 	if nettest.SupportsIPv4() {
 		clients = append(clients, v4)
@@ -32,7 +59,6 @@ func TestReloadUnderLoad(t *testing.T) {
 	if len(clients) == 0 {
 		t.Skip("no loopback")
 	}
-	const reloads = 100
 	p := pool(t)
 	tr, err := p.Transport(context.Background(), "udp", ":0")
 	if err != nil {
@@ -52,7 +78,7 @@ func TestReloadUnderLoad(t *testing.T) {
 	}
 	ln := open(0)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // the bound of the whole run
 	defer cancel()
 	stop := make(chan struct{})
 	var ok, failed atomic.Int64
@@ -101,8 +127,8 @@ func TestReloadUnderLoad(t *testing.T) {
 	}
 	var kept []held
 	for gen := 1; gen <= reloads; gen++ {
-		if gen%10 == 1 {
-			c := clients[gen/10%len(clients)]
+		if gen%(reloads/10) == 1 {
+			c := clients[len(kept)%len(clients)]
 			tag, conn, ctr, err := roundTrip(ctx, clientConn(t, c), netip.AddrPortFrom(c, port), "echo")
 			if err != nil {
 				t.Fatalf("generation %d: %v", gen-1, err)
