@@ -66,6 +66,8 @@ type options struct {
 	split   *bool // nil: the platform's default
 	onDead  func(Key, error)
 	onLeak  func(Leak)
+
+	refuseForeign bool
 }
 
 // An Option configures a Pool.
@@ -238,6 +240,11 @@ func (p *Pool) acquire(ctx context.Context, k Key) (*Conn, error) {
 			// The bind runs outside Pool.mu so that a slow bind (a
 			// Control function, a resolver) does not hold up other keys.
 			s, err := bind(ctx, k, p.bindOpts(k))
+			if err == nil {
+				if err = p.refuseForeign(k, s); err != nil {
+					s.conn.Close()
+				}
+			}
 			return p.bound(e, s, err)
 		}
 		if e.closing.Load() {
@@ -248,6 +255,15 @@ func (p *Pool) acquire(ctx context.Context, k Key) (*Conn, error) {
 				continue
 			case <-ctx.Done():
 				return nil, ctx.Err()
+			}
+		}
+		if e.sock != nil {
+			// A socket broken underneath the pool would otherwise be
+			// handed out forever: replace it.
+			if err := e.sock.check(); err != nil {
+				p.mu.Unlock()
+				p.markDead(e, err)
+				continue
 			}
 		}
 		e.refs.Add(1)

@@ -18,3 +18,10 @@ func setReuse(fd uintptr) error {
 func setDualStack(fd uintptr) error {
 	return unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
 }
+
+// checkSocket fails if fd is no longer a socket: closed or replaced
+// underneath the pool.
+func checkSocket(fd uintptr) error {
+	_, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE)
+	return err
+}

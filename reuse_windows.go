@@ -19,3 +19,14 @@ func setReuse(fd uintptr) error {
 func setDualStack(fd uintptr) error {
 	return windows.SetsockoptInt(windows.Handle(fd), windows.IPPROTO_IPV6, windows.IPV6_V6ONLY, 0)
 }
+
+// soType is SO_TYPE from winsock2.h, which golang.org/x/sys/windows does
+// not define.
+const soType = 0x1008
+
+// checkSocket fails if fd is no longer a socket: closed or replaced
+// underneath the pool.
+func checkSocket(fd uintptr) error {
+	_, err := windows.GetsockoptInt(windows.Handle(fd), windows.SOL_SOCKET, soType)
+	return err
+}

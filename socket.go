@@ -23,6 +23,7 @@ type socket struct {
 	// deadline among handles; see gate.
 	gates [2]gate
 
+	inode    uint64
 	failures atomic.Int32          // consecutive failures that may mean death
 	dead     atomic.Pointer[error] // set once the socket is found dead
 }
@@ -89,9 +90,25 @@ func newSocket(uc *net.UDPConn) (*socket, error) {
 		return nil, err
 	}
 	s := &socket{conn: uc, raw: raw, laddr: uc.LocalAddr().(*net.UDPAddr), opened: time.Now()}
+	// The inode identifies the socket in the kernel's tables (see Check);
+	// 0 where the platform has none.
+	s.inode, _ = socketInode(raw)
 	s.gates[dirRead].init(uc.SetReadDeadline)
 	s.gates[dirWrite].init(uc.SetWriteDeadline)
 	return s, nil
+}
+
+// check reports an error if the socket's descriptor was closed or replaced
+// underneath the pool.
+func (s *socket) check() error {
+	var cerr error
+	if err := s.raw.Control(func(fd uintptr) { cerr = checkSocket(fd) }); err != nil {
+		return err
+	}
+	if cerr != nil {
+		return os.NewSyscallError("getsockopt", cerr)
+	}
+	return nil
 }
 
 // localKey returns k with the port the socket really got, for port 0.

@@ -1,0 +1,13 @@
+//go:build !linux
+
+package udppool_test
+
+import (
+	"testing"
+
+	"github.com/udppool/udppool"
+)
+
+func breakDescriptor(t *testing.T, _ *udppool.Conn) {
+	t.Skip("breaking a descriptor underneath the pool is only done on Linux")
+}

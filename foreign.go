@@ -1,0 +1,42 @@
+package udppool
+
+import (
+	"net/netip"
+	"strconv"
+)
+
+// A ForeignSocket is a UDP socket that this pool does not own but that is
+// bound to the same port as a pooled socket with addresses that overlap it.
+// With SO_REUSEPORT such a socket (of another process of the same user, or
+// of this process outside the pool) joins the pooled socket's reuseport
+// group and receives a share of its datagrams, or, when it is more specific
+// (udp4 0.0.0.0:443 beside a dual-stack [::]:443), every datagram of one
+// address family.
+//
+// Foreign sockets are found in the kernel's socket tables, which exist only
+// on Linux (/proc/net/udp and /proc/net/udp6).
+type ForeignSocket struct {
+	// Network is "udp4" for an IPv4 socket or "udp6" for an IPv6 socket.
+	// The kernel does not tell whether an IPv6 socket bound to [::] is
+	// IPv6-only or dual-stack; it is reported as "udp6" either way.
+	Network string
+	// Local is the socket's local address and port as the kernel lists it.
+	// An IPv6 socket bound to an IPv4-mapped address keeps the mapped form
+	// (it receives the IPv4 datagrams of that address). Zones of link-local
+	// addresses are not listed by the kernel, so Local never has one.
+	Local netip.AddrPort
+	// Inode is the inode number of the socket, as in /proc/PID/fd links
+	// ("socket:[INODE]"), which identifies the process that holds it.
+	Inode uint64
+	// UID is the owner of the socket, as seen from this process's user
+	// namespace.
+	UID uint32
+}
+
+// String describes the socket, for example
+// "udp4 0.0.0.0:443 (inode 12345, uid 0)".
+func (f ForeignSocket) String() string {
+	return f.Network + " " + f.Local.String() +
+		" (inode " + strconv.FormatUint(f.Inode, 10) +
+		", uid " + strconv.FormatUint(uint64(f.UID), 10) + ")"
+}
