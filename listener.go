@@ -1,10 +1,12 @@
 package udppool
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"reflect"
 	"slices"
@@ -40,7 +42,9 @@ type sharedTransport struct {
 	acceptDone chan struct{}
 
 	mu        sync.Mutex
-	listeners []*Listener // open logical listeners, oldest first
+	listeners []*Listener        // open logical listeners, oldest first
+	all       map[*Listener]bool // listeners holding a reference, open or draining
+	gens      uint64             // generations handed out
 
 	pumpOnce sync.Once
 	packets  chan nonQUICPacket
@@ -93,6 +97,7 @@ func (p *Pool) acquireTransport(ctx context.Context, k Key, settings *quic.Trans
 		st = &sharedTransport{
 			pool: p, entry: e, conn: c, settings: settings, refs: 1,
 			done: make(chan struct{}), stop: make(chan struct{}), broken: make(chan struct{}),
+			all: make(map[*Listener]bool),
 		}
 		st.qt = st.newQUICTransport()
 		e.qt = st
@@ -225,6 +230,11 @@ func (st *sharedTransport) addListener(l *Listener) error {
 	defer st.realMu.Unlock()
 	st.mu.Lock()
 	st.listeners = append(st.listeners, l)
+	st.all[l] = true
+	st.gens++
+	if l.gen == 0 {
+		l.gen = st.gens
+	}
 	running := st.real != nil
 	st.mu.Unlock()
 	if running {
@@ -235,6 +245,7 @@ func (st *sharedTransport) addListener(l *Listener) error {
 	real, err := st.qt.ListenEarly(tlsConf, quicConf)
 	if err != nil {
 		st.removeListener(l)
+		st.forget(l)
 		return err
 	}
 	done := make(chan struct{})
@@ -243,6 +254,13 @@ func (st *sharedTransport) addListener(l *Listener) error {
 	st.mu.Unlock()
 	go st.acceptLoop(real, done)
 	return nil
+}
+
+// forget drops l from the listeners that Stats reports.
+func (st *sharedTransport) forget(l *Listener) {
+	st.mu.Lock()
+	delete(st.all, l)
+	st.mu.Unlock()
 }
 
 func (st *sharedTransport) removeListener(l *Listener) {
@@ -421,10 +439,15 @@ type Listener struct {
 	quic   *quic.Config
 	protos []string
 
-	mu     sync.Mutex
-	closed bool
-	done   chan struct{}
-	queue  chan accepted
+	gen uint64 // generation: the listeners of a socket are numbered from 1
+
+	mu       sync.Mutex
+	closed   bool                // no more deliveries
+	released bool                // references to the transports dropped
+	done     chan struct{}       // closed with closed
+	queue    chan accepted       // delivered, not yet accepted
+	conns    map[*quic.Conn]bool // accepted and still open
+	drained  chan struct{}       // closed when conns empties after closed
 }
 
 type accepted struct {
@@ -461,12 +484,14 @@ func (t *Transport) listen(tlsConf *tls.Config, conf *quic.Config, early bool) (
 	l := &Listener{
 		t: t, early: early, tls: tlsConf, quic: conf, protos: slices.Clone(tlsConf.NextProtos),
 		done: make(chan struct{}), queue: make(chan accepted, acceptQueueLen),
+		conns: make(map[*quic.Conn]bool), drained: make(chan struct{}),
 	}
 	for i, st := range t.parts {
 		st.ref()
 		if err := st.addListener(l); err != nil {
 			for _, prev := range t.parts[:i] {
 				prev.removeListener(l)
+				prev.forget(l)
 				prev.closeReal()
 				prev.release()
 			}
@@ -520,6 +545,7 @@ func (l *Listener) Accept(ctx context.Context) (*quic.Conn, error) {
 	}
 	select {
 	case a := <-l.queue:
+		l.track(a.conn)
 		return a.conn, nil
 	case <-l.done:
 		return nil, quic.ErrServerClosed
@@ -535,18 +561,92 @@ func (l *Listener) Accept(ctx context.Context) (*quic.Conn, error) {
 // Addr returns the local address of the Transport.
 func (l *Listener) Addr() net.Addr { return l.t.LocalAddr() }
 
+// track counts an accepted connection until it closes, for Shutdown and
+// Stats.
+func (l *Listener) track(conn *quic.Conn) {
+	l.mu.Lock()
+	l.conns[conn] = true
+	l.mu.Unlock()
+	context.AfterFunc(conn.Context(), func() {
+		l.mu.Lock()
+		delete(l.conns, conn)
+		l.checkDrained()
+		gone := l.released && len(l.conns) == 0
+		l.mu.Unlock()
+		if gone {
+			l.forget()
+		}
+	})
+}
+
+// forget drops l from Stats once it neither accepts nor has connections.
+func (l *Listener) forget() {
+	for _, st := range l.t.parts {
+		st.forget(l)
+	}
+}
+
+// checkDrained signals Shutdown once a stopped listener has no connection
+// left. l.mu must be held.
+func (l *Listener) checkDrained() {
+	if l.closed && len(l.conns) == 0 {
+		select {
+		case <-l.drained:
+		default:
+			close(l.drained)
+		}
+	}
+}
+
 // Close stops deliveries to l. Connections it accepted stay open;
 // connections delivered but not yet accepted go to the newest listener left
-// that serves their protocol, or are closed. Calls after the first return
-// an error wrapping net.ErrClosed.
+// that serves their protocol, or are closed. If l was the last listener and
+// its Transport was closed, the shared transport closes, and with it every
+// connection: use Shutdown to let them finish first. Calls after the first
+// return an error wrapping net.ErrClosed.
 func (l *Listener) Close() error {
+	if !l.stop() {
+		return &net.OpError{Op: "close", Net: "udp", Source: l.Addr(), Err: net.ErrClosed}
+	}
+	l.release()
+	return nil
+}
+
+// Shutdown stops deliveries to l as Close does, then waits until every
+// connection l accepted has closed, or until ctx ends; it then closes the
+// remaining ones with application error code 0 and returns ctx's error.
+// Until it returns, l keeps the shared transport (and so the port and its
+// connections) open even if no other user is left. Other listeners of the
+// Transport and their connections are not touched.
+func (l *Listener) Shutdown(ctx context.Context) error {
+	l.stop()
+	var err error
+	select {
+	case <-l.drained:
+	case <-ctx.Done():
+		err = ctx.Err()
+		l.mu.Lock()
+		left := slices.Collect(maps.Keys(l.conns))
+		l.mu.Unlock()
+		for _, c := range left {
+			c.CloseWithError(0, "udppool: listener shut down")
+		}
+	}
+	l.release()
+	return err
+}
+
+// stop ends deliveries to l and hands connections not yet accepted to the
+// newest listener left. It reports whether this call stopped l.
+func (l *Listener) stop() bool {
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
-		return &net.OpError{Op: "close", Net: "udp", Source: l.Addr(), Err: net.ErrClosed}
+		return false
 	}
 	l.closed = true
 	close(l.done)
+	l.checkDrained()
 	var pending []accepted
 	for len(l.queue) > 0 {
 		pending = append(pending, <-l.queue)
@@ -560,7 +660,47 @@ func (l *Listener) Close() error {
 	}
 	for _, st := range l.t.parts {
 		st.closeReal()
+	}
+	return true
+}
+
+// release drops l's references to the shared transports, once.
+func (l *Listener) release() {
+	l.mu.Lock()
+	released := l.released
+	l.released = true
+	drained := len(l.conns) == 0
+	l.mu.Unlock()
+	if released {
+		return
+	}
+	if drained {
+		l.forget()
+	}
+	for _, st := range l.t.parts {
 		st.release()
 	}
-	return nil
+}
+
+// ListenerStats describes one generation of listeners on a socket.
+type ListenerStats struct {
+	Generation uint64   // listeners of a socket are numbered from 1
+	Accepting  bool     // false once closed, while its connections drain
+	Conns      int      // connections it accepted that are still open
+	Protocols  []string // its ALPN protocols
+}
+
+// stats describes the listeners of st that accept or still have
+// connections, oldest first.
+func (st *sharedTransport) stats() []ListenerStats {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	out := make([]ListenerStats, 0, len(st.all))
+	for l := range st.all {
+		l.mu.Lock()
+		out = append(out, ListenerStats{Generation: l.gen, Accepting: !l.closed, Conns: len(l.conns), Protocols: l.protos})
+		l.mu.Unlock()
+	}
+	slices.SortFunc(out, func(a, b ListenerStats) int { return cmp.Compare(a.Generation, b.Generation) })
+	return out
 }

@@ -480,6 +480,12 @@ type SocketStats struct {
 	// Dead is the error that killed the socket (see ErrSocketDead). A dead
 	// socket is already closed; it is listed until its holders release it.
 	Dead error
+	// Listeners lists the QUIC listener generations on the socket that
+	// accept or still have connections, oldest first; during a reload the
+	// old generation drains to zero connections while the new one
+	// accepts. Generation is the newest generation's number.
+	Listeners  []ListenerStats
+	Generation uint64
 }
 
 // Stats returns a snapshot of the pool's sockets, sorted by key.
@@ -507,7 +513,19 @@ func (p *Pool) Stats() []SocketStats {
 	for e := range p.dead {
 		add(e)
 	}
+	transports := make(map[int]*sharedTransport)
+	for i, st := range stats {
+		if e := p.entries[st.Key]; st.Dead == nil && e != nil && e.qt != nil {
+			transports[i] = e.qt
+		}
+	}
 	p.mu.Unlock()
+	for i, st := range transports {
+		stats[i].Listeners = st.stats()
+		if n := len(stats[i].Listeners); n > 0 {
+			stats[i].Generation = stats[i].Listeners[n-1].Generation
+		}
+	}
 	slices.SortFunc(stats, func(a, b SocketStats) int {
 		return cmp.Or(cmp.Compare(a.Key.Addr.Port(), b.Key.Addr.Port()),
 			cmp.Compare(a.Key.Network, b.Key.Network),

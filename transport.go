@@ -208,14 +208,18 @@ func (t *Transport) part(op string, addr net.Addr) (*sharedTransport, error) {
 }
 
 // reaches reports whether the socket of k can send to ip.
-func (k Key) reaches(ip netip.Addr) bool {
+func (k Key) reaches(ip netip.Addr) bool { return k.reachesFamily(ip.Is4()) }
+
+// reachesFamily reports whether the socket of k can send to IPv4 (v4) or
+// IPv6 addresses.
+func (k Key) reachesFamily(v4 bool) bool {
 	switch k.Network {
 	case "udp":
 		return true
 	case "udp4":
-		return ip.Is4()
+		return v4
 	default:
-		return !ip.Is4()
+		return !v4
 	}
 }
 

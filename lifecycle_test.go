@@ -1,0 +1,255 @@
+package udppool_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+	"github.com/udppool/udppool"
+	"golang.org/x/net/nettest"
+)
+
+// listenerStats returns the listener generations of the pool's only socket.
+func listenerStats(t *testing.T, p *udppool.Pool) []udppool.ListenerStats {
+	t.Helper()
+	st := p.Stats()
+	if len(st) != 1 {
+		t.Fatalf("want one socket, have %+v", st)
+	}
+	return st[0].Listeners
+}
+
+func generations(ls []udppool.ListenerStats) string {
+	var s []string
+	for _, l := range ls {
+		s = append(s, fmt.Sprintf("gen%d accepting=%v conns=%d", l.Generation, l.Accepting, l.Conns))
+	}
+	return strings.Join(s, "; ")
+}
+
+// TestShutdownDrains: an old listener's Shutdown waits for its connection
+// while the new generation accepts, keeps the port open for it even after
+// every other user left, and then lets the socket go.
+func TestShutdownDrains(t *testing.T) {
+	needV4(t)
+	p := pool(t)
+	tr, err := p.Transport(context.Background(), "udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := netip.AddrPortFrom(v4, portOf(tr))
+	old, err := tr.Listen(certs().Server("echo"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOld := echoServer(old, "old:")
+	ctx, cancel := context.WithTimeout(context.Background(), quicTimeout)
+	defer cancel()
+	_, conn, ctr, err := roundTrip(ctx, clientConn(t, v4), dst, "echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { ctr.Close(); ctr.Conn.Close() }()
+
+	next, err := tr.Listen(certs().Server("echo"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitNext := echoServer(next, "new:")
+	shut := make(chan error, 1)
+	go func() { shut <- old.Shutdown(ctx) }()
+	// Stats shows the old generation draining while the new one accepts.
+	for !strings.Contains(generations(listenerStats(t, p)), "gen1 accepting=false conns=1") && ctx.Err() == nil {
+		time.Sleep(time.Millisecond)
+	}
+	if got := generations(listenerStats(t, p)); got != "gen1 accepting=false conns=1; gen2 accepting=true conns=0" {
+		t.Fatalf("during the reload: %s", got)
+	}
+	if tag := handshake(t, v4, dst, "echo"); tag != "new:" {
+		t.Fatalf("new handshake reached %q", tag)
+	}
+	// Every other user leaves; the draining listener keeps the port.
+	next.Close()
+	tr.Close()
+	waitNext()
+	if tag, err := streamEcho(ctx, conn); err != nil || tag != "old:" {
+		t.Fatalf("old connection while draining: %q, %v", tag, err)
+	}
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned with a connection open: %v", err)
+	default:
+	}
+	conn.CloseWithError(0, "done")
+	if err := <-shut; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	waitOld()
+	if st := p.Stats(); len(st) != 0 {
+		t.Fatalf("socket kept after the drain: %+v", st)
+	}
+}
+
+// TestShutdownDeadline: connections still open when the context ends are
+// closed with application error 0.
+func TestShutdownDeadline(t *testing.T) {
+	needV4(t)
+	p := pool(t)
+	tr, ln := serve(t, p, "udp4", "127.0.0.1:0")
+	ctx, cancel := context.WithTimeout(context.Background(), quicTimeout)
+	defer cancel()
+	_, conn, ctr, err := roundTrip(ctx, clientConn(t, v4), netip.AddrPortFrom(v4, portOf(tr)), "echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { ctr.Close(); ctr.Conn.Close() }()
+	short, cancelShort := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancelShort()
+	if err := ln.Shutdown(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown past its deadline: %v", err)
+	}
+	select {
+	case <-conn.Context().Done():
+	case <-ctx.Done():
+		t.Fatal("connection not closed by Shutdown")
+	}
+	var ae *quic.ApplicationError
+	if err := context.Cause(conn.Context()); !errors.As(err, &ae) || ae.ErrorCode != 0 || !ae.Remote {
+		t.Fatalf("connection closed with %v, want the peer's application error 0", err)
+	}
+}
+
+// TestHTTP3SlowRequestAcrossReload: a slow HTTP/3 request on the old
+// generation completes while the new generation serves, and Stats shows the
+// old one draining to zero.
+func TestHTTP3SlowRequestAcrossReload(t *testing.T) {
+	needV4(t)
+	p := pool(t)
+	tr, err := p.Transport(context.Background(), "udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	release := make(chan struct{})
+	started := make(chan struct{})
+	generation := func(name string) (*udppool.Listener, *http3.Server) {
+		ln, err := tr.Listen(http3.ConfigureTLSConfig(certs().Server()), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http3.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/slow" {
+				close(started)
+				<-release
+			}
+			fmt.Fprintf(w, "%s served %s", name, r.URL.Path)
+		})}
+		go srv.ServeListener(ln)
+		return ln, srv
+	}
+	oldLn, oldSrv := generation("gen1")
+	defer oldSrv.Close()
+	url := fmt.Sprintf("https://127.0.0.1:%d", portOf(tr))
+	get := func(rt *http3.Transport, path string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), quicTimeout)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url+path, nil)
+		resp, err := rt.RoundTrip(req)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return string(b), err
+	}
+	oldClient := &http3.Transport{TLSClientConfig: certs().Client()}
+	defer oldClient.Close()
+	slow := make(chan string, 1)
+	go func() {
+		body, err := get(oldClient, "/slow")
+		if err != nil {
+			body = err.Error()
+		}
+		slow <- body
+	}()
+	<-started
+
+	// Reload while the slow request is in flight.
+	newLn, newSrv := generation("gen2")
+	defer newLn.Close()
+	defer newSrv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), quicTimeout)
+	defer cancel()
+	drained := make(chan error, 1)
+	go func() { drained <- oldLn.Shutdown(ctx) }()
+	newClient := &http3.Transport{TLSClientConfig: certs().Client()}
+	defer newClient.Close()
+	if body, err := get(newClient, "/fast"); err != nil || body != "gen2 served /fast" {
+		t.Fatalf("new request during the reload: %q, %v", body, err)
+	}
+	t.Logf("during the reload: %s", generations(listenerStats(t, p)))
+	close(release)
+	if body := <-slow; body != "gen1 served /slow" {
+		t.Fatalf("slow request across the reload: %q", body)
+	}
+	oldClient.Close() // the old client leaves: the old generation drains
+	if err := <-drained; err != nil {
+		t.Fatalf("old generation did not drain: %v", err)
+	}
+	got := generations(listenerStats(t, p))
+	t.Logf("after the drain: %s", got)
+	if strings.Contains(got, "gen1") {
+		t.Fatalf("old generation still listed after draining: %s", got)
+	}
+	newClient.Close()
+}
+
+// TestPoolDial picks the pooled transport that can reach the destination
+// and fails at once when none can.
+func TestPoolDial(t *testing.T) {
+	if !nettest.SupportsIPv4() || !nettest.SupportsIPv6() {
+		t.Skip("needs IPv4 and IPv6 loopback")
+	}
+	p := pool(t, udppool.WithSplitStack(true))
+	srv4, _ := serve(t, p, "udp4", "127.0.0.1:0")
+	srv6, _ := serve(t, p, "udp6", "[::1]:0")
+	split, _ := serve(t, p, "udp", ":0") // an IPv4 and an IPv6 socket on one port
+	port := portOf(split)
+	ctx, cancel := context.WithTimeout(context.Background(), quicTimeout)
+	defer cancel()
+	for _, dst := range []net.Addr{srv4.LocalAddr(), srv6.LocalAddr()} {
+		conn, err := p.Dial(ctx, port, dst, certs().Client("echo"), nil)
+		if err != nil {
+			t.Fatalf("Dial %v: %v", dst, err)
+		}
+		la := conn.LocalAddr().(*net.UDPAddr)
+		ra := dst.(*net.UDPAddr)
+		if la.Port != int(port) || (la.IP.To4() != nil) != (ra.IP.To4() != nil) {
+			t.Errorf("dial to %v left from %v, want port %d of the same family", dst, la, port)
+		}
+		if _, err := streamEcho(ctx, conn); err != nil {
+			t.Errorf("round trip to %v: %v", dst, err)
+		}
+		conn.CloseWithError(0, "")
+	}
+	// Port of the udp6-only server: it cannot send to IPv4.
+	if _, err := p.Dial(ctx, portOf(srv6), srv4.LocalAddr(), certs().Client("echo"), nil); !errors.Is(err, udppool.ErrFamily) {
+		t.Fatalf("IPv4 from an IPv6-only socket: %v, want ErrFamily", err)
+	}
+	if _, err := tr6Dial(ctx, srv6, srv4.LocalAddr()); !errors.Is(err, udppool.ErrFamily) {
+		t.Fatalf("Transport.Dial of IPv4 from an IPv6-only socket: %v, want ErrFamily", err)
+	}
+}
+
+func tr6Dial(ctx context.Context, tr *udppool.Transport, dst net.Addr) (*quic.Conn, error) {
+	return tr.Dial(ctx, dst, certs().Client("echo"), nil)
+}
