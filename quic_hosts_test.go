@@ -2,32 +2,13 @@ package udppool_test
 
 import (
 	"context"
-	"errors"
 	"net"
 	"net/netip"
 	"testing"
 
 	"github.com/udppool/udppool"
-	"github.com/udppool/udppool/internal/netns"
+	"github.com/udppool/udppool/udppooltest"
 )
-
-// simulatedHosts builds server and client hosts of kind in network
-// namespaces, or skips with the reason where this machine cannot.
-func simulatedHosts(t *testing.T, kind netns.Kind) *netns.Hosts {
-	t.Helper()
-	if err := netns.Available(); err != nil {
-		t.Skipf("simulated %v host needs network namespaces: %v", kind, err)
-	}
-	h, err := netns.NewHosts(kind)
-	if errors.Is(err, netns.ErrUnsupported) {
-		t.Skipf("simulated %v host: %v", kind, err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	return h
-}
 
 // TestHandshakeOnSimulatedHosts serves a "udp" wildcard inside an IPv4-only,
 // an IPv6-only and a dual-stack host, and handshakes from the client host
@@ -35,17 +16,17 @@ func simulatedHosts(t *testing.T, kind netns.Kind) *netns.Hosts {
 // the IPv6-only host loopback lacks 127.0.0.1, where net.ListenPacket("udp",
 // ":P") would bind IPv4 only and leave IPv6 clients unanswered.
 func TestHandshakeOnSimulatedHosts(t *testing.T) {
-	for _, kind := range netns.Kinds {
+	for _, kind := range udppooltest.HostKinds() {
 		for _, split := range []bool{false, true} {
 			name := kind.String()
 			if split {
 				name += "/split-stack"
 			}
 			t.Run(name, func(t *testing.T) {
-				h := simulatedHosts(t, kind)
+				h := udppooltest.Host(t, kind)
 				var p *udppool.Pool
 				var tr *udppool.Transport
-				err := h.Server.Do(func() error {
+				err := h.InServer(func() error {
 					// Every socket of the server is created inside its
 					// namespace; the Transport binds them all here.
 					p = pool(t, udppool.WithSplitStack(split))
@@ -61,23 +42,23 @@ func TestHandshakeOnSimulatedHosts(t *testing.T) {
 				}
 				port := portOf(tr)
 				type path struct {
-					ns          *netns.NS
+					in          func(func() error) error // the host the client runs on
 					local, dest netip.Addr
 				}
 				var paths []path
 				if kind.HasIPv4() {
 					paths = append(paths,
-						path{h.Client, h.ClientV4, h.ServerV4},
-						path{h.Server, v4, v4})
+						path{h.InClient, h.ClientV4, h.ServerV4},
+						path{h.InServer, v4, v4})
 				}
 				if kind.HasIPv6() {
 					paths = append(paths,
-						path{h.Client, h.ClientV6, h.ServerV6},
-						path{h.Server, v6, v6})
+						path{h.InClient, h.ClientV6, h.ServerV6},
+						path{h.InServer, v6, v6})
 				}
 				for _, pa := range paths {
 					var uc *net.UDPConn
-					if err := pa.ns.Do(func() error {
+					if err := pa.in(func() error {
 						c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(pa.local, 0)))
 						uc = c
 						return err

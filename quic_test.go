@@ -14,6 +14,7 @@ import (
 	"github.com/quic-go/quic-go"
 	"github.com/udppool/udppool"
 	"github.com/udppool/udppool/internal/testcert"
+	"github.com/udppool/udppool/udppooltest"
 	"golang.org/x/net/nettest"
 )
 
@@ -27,17 +28,11 @@ var certs = sync.OnceValue(func() *testcert.Pair {
 	return p
 })
 
-// pool returns a pool that must be empty at the end of the test.
+// pool returns a pool that must be empty at the end of the test, with no
+// goroutine or descriptor left behind (udppooltest.Pool).
 func pool(t testing.TB, opts ...udppool.Option) *udppool.Pool {
 	t.Helper()
-	p := udppool.New(opts...)
-	t.Cleanup(func() {
-		if st := p.Stats(); len(st) != 0 {
-			t.Errorf("pool still holds sockets at cleanup: %+v", st)
-		}
-		p.Close()
-	})
-	return p
+	return udppooltest.Pool(t, opts...)
 }
 
 // echoServer accepts connections on ln and echoes one stream per
@@ -90,12 +85,14 @@ func roundTrip(ctx context.Context, uc *net.UDPConn, dst netip.AddrPort, alpn st
 	conn, err := tr.Dial(ctx, net.UDPAddrFromAddrPort(dst), certs().Client(alpn), &quic.Config{HandshakeIdleTimeout: quicTimeout})
 	if err != nil {
 		tr.Close()
+		uc.Close()
 		return "", nil, nil, fmt.Errorf("dial %v: %w", dst, err)
 	}
 	tag, err := streamEcho(ctx, conn)
 	if err != nil {
 		conn.CloseWithError(0, "")
 		tr.Close()
+		uc.Close()
 		return "", nil, nil, err
 	}
 	return tag, conn, tr, nil
