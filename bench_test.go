@@ -10,6 +10,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 	for _, live := range []int{10, 1000, 10000} {
 		b.Run(benchcases.Name("keys", live), benchcases.AcquireRelease(live))
 	}
+	b.Run("cycle-all/keys/10000", benchcases.AcquireReleaseCycle(10000))
 }
 
 func BenchmarkAcquireReleaseParallel(b *testing.B) { benchcases.AcquireReleaseParallel(b) }

@@ -24,9 +24,6 @@ type Pool struct {
 	stackOnce sync.Once
 	stack     stack
 
-	// literals caches the keys of literal addresses, whose normalization
-	// cannot change while the pool lives; names are resolved every time.
-
 	index *index // spellings to entries, for the fast path
 
 	mu      sync.Mutex
@@ -345,7 +342,9 @@ func newEntry(k Key) *entry {
 
 func (p *Pool) newConn(e *entry) *Conn {
 	c := &Conn{pool: p, entry: e, sock: e.sock}
-	c.leak = watch(p, c, "Conn", e.key, func() { p.release(e) })
+	if p.opts.onLeak != nil { // the closure would cost an allocation
+		c.leak = watch(p, c, "Conn", e.key, func() { p.release(e) })
+	}
 	return c
 }
 

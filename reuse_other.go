@@ -4,7 +4,7 @@ package udppool
 
 import "errors"
 
-func setReuse(uintptr) error { return nil }
+func setSharing(uintptr, bool) error { return nil }
 
 // setDualStack is unsupported, so "udp" wildcards bind the family Go picks.
 func setDualStack(uintptr) error { return errors.ErrUnsupported }

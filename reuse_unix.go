@@ -4,12 +4,16 @@ package udppool
 
 import "golang.org/x/sys/unix"
 
-// setReuse sets SO_REUSEPORT so that a new process (a restarted or upgraded
-// server) can bind the same address while this one still serves it, and the
-// port never goes dark. Within this process the pool never binds a key twice:
-// a reuseport group splits datagrams between its members by hash, and a member
-// that nobody reads silently eats its share.
-func setReuse(fd uintptr) error {
+// setSharing sets SO_REUSEPORT when reuse is on, so that a new process (a
+// restarted or upgraded server) can bind the same address while this one
+// still serves it, and the port never goes dark. Within this process the
+// pool never binds a key twice: a reuseport group splits datagrams between
+// its members by hash, and a member that nobody reads silently eats its
+// share.
+func setSharing(fd uintptr, reuse bool) error {
+	if !reuse {
+		return nil
+	}
 	return unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
 }
 

@@ -8,10 +8,11 @@ import "golang.org/x/sys/windows"
 // which golang.org/x/sys/windows does not define.
 const soExclusiveAddrUse = ^windows.SO_REUSEADDR
 
-// setReuse binds exclusively: on Windows another process, even one of another
-// user, may otherwise bind the same port with SO_REUSEADDR and take its
-// datagrams. Sharing within this process goes through the pool.
-func setReuse(fd uintptr) error {
+// setSharing always binds exclusively, whatever reuse says: on Windows
+// another process, even one of another user, may otherwise bind the same
+// port with SO_REUSEADDR and take its datagrams. Sharing within this process
+// goes through the pool.
+func setSharing(fd uintptr, _ bool) error {
 	return windows.SetsockoptInt(windows.Handle(fd), windows.SOL_SOCKET, soExclusiveAddrUse, 1)
 }
 

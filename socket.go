@@ -56,11 +56,8 @@ func bind(ctx context.Context, k Key, o bindOpts) (*socket, error) {
 					return
 				}
 			}
-			if o.reuse {
-				serr = setReuse(fd)
-				if serr != nil {
-					serr = os.NewSyscallError("setsockopt reuse", serr)
-				}
+			if serr = setSharing(fd, o.reuse); serr != nil {
+				serr = os.NewSyscallError("setsockopt port sharing", serr)
 			}
 		})
 		if err = errors.Join(err, serr); err != nil {

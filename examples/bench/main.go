@@ -10,7 +10,10 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"maps"
+	"math"
 	"os"
+	"regexp"
 	"slices"
 	"testing"
 	"time"
@@ -33,6 +36,7 @@ func main() {
 	rounds := flag.Int("rounds", 5, "interleaved rounds; medians are reported")
 	benchtime := flag.Duration("benchtime", 300*time.Millisecond, "time per benchmark per round")
 	asJSON := flag.Bool("json", false, "print one JSON object instead of a table")
+	only := flag.String("run", "", "run only the benchmarks whose name matches this regular expression")
 	testing.Init()
 	flag.Parse()
 	if err := flag.Set("test.benchtime", benchtime.String()); err != nil {
@@ -44,6 +48,7 @@ func main() {
 		{"acquire-release/10 keys", benchcases.AcquireRelease(10)},
 		{"acquire-release/64 keys", benchcases.AcquireRelease(64)},
 		{"acquire-release/10000 keys", benchcases.AcquireRelease(10000)},
+		{"acquire-release/10000 keys, cycling all", benchcases.AcquireReleaseCycle(10000)},
 		{"acquire-release/64 keys parallel", benchcases.AcquireReleaseParallel},
 		{"first acquire/pool", benchcases.FirstAcquire},
 		{"first acquire/net.ListenPacket", benchcases.ListenPacketBaseline},
@@ -54,6 +59,14 @@ func main() {
 		{"quic bulk/raw", benchcases.QUICBulk(benchcases.Raw)},
 		{"quic bulk/pooled", benchcases.QUICBulk(benchcases.Pooled)},
 		{"quic bulk/wrapper", benchcases.QUICBulk(benchcases.Wrapper)},
+	}
+	if *only != "" {
+		re, err := regexp.Compile(*only)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		benches = slices.DeleteFunc(benches, func(b bench) bool { return !re.MatchString(b.name) })
 	}
 	samples := make(map[string][]result)
 	for round := range *rounds {
@@ -72,14 +85,15 @@ func main() {
 			}
 			samples[b.name] = append(samples[b.name], res)
 		}
-		if !*asJSON {
-			fmt.Fprintf(os.Stderr, "round %d of %d done\n", round+1, *rounds)
-		}
+		fmt.Fprintf(os.Stderr, "round %d of %d done\n", round+1, *rounds)
 	}
 	med := func(name string, f func(result) float64) float64 {
 		var v []float64
 		for _, r := range samples[name] {
 			v = append(v, f(r))
+		}
+		if len(v) == 0 {
+			return math.NaN() // not run (see -run)
 		}
 		slices.Sort(v)
 		return v[len(v)/2]
@@ -93,6 +107,7 @@ func main() {
 		"acquire_release_ns":          ns("acquire-release/10 keys"),
 		"acquire_release_allocs":      med("acquire-release/10 keys", func(r result) float64 { return r.allocsPerOp }),
 		"acquire_10k_over_10":         ns("acquire-release/10000 keys") / ns("acquire-release/10 keys"),
+		"acquire_10k_cycling_over_10": ns("acquire-release/10000 keys, cycling all") / ns("acquire-release/10 keys"),
 		"parallel_speedup":            ns("acquire-release/64 keys") / ns("acquire-release/64 keys parallel"),
 		"first_acquire_over_listen":   ns("first acquire/pool") / ns("first acquire/net.ListenPacket"),
 		"datagram_pooled_over_raw":    mbs("datagrams ReadFrom-WriteTo/pooled") / mbs("datagrams ReadFrom-WriteTo/raw"),
@@ -102,20 +117,24 @@ func main() {
 		"throughput_pooled_mb_s": mbs("quic bulk/pooled"),
 		"rounds":                 float64(*rounds),
 	}
+	maps.DeleteFunc(summary, func(_ string, v float64) bool { return math.IsNaN(v) })
+	// With -json the table goes to standard error, the object to standard
+	// output, so one run gives both.
+	w := os.Stdout
 	if *asJSON {
+		w = os.Stderr
 		out, _ := json.MarshalIndent(summary, "", "  ")
-		fmt.Println(string(out))
-		return
+		defer fmt.Println(string(out))
 	}
-	fmt.Printf("%-42s %12s %10s %10s\n", "benchmark (median of rounds)", "ns/op", "allocs/op", "MB/s")
+	fmt.Fprintf(w, "%-42s %12s %10s %10s\n", "benchmark (median of rounds)", "ns/op", "allocs/op", "MB/s")
 	for _, b := range benches {
 		mb := ""
 		if v := mbs(b.name); v > 0 {
 			mb = fmt.Sprintf("%.1f", v)
 		}
-		fmt.Printf("%-42s %12.1f %10.0f %10s\n", b.name, ns(b.name), med(b.name, func(r result) float64 { return r.allocsPerOp }), mb)
+		fmt.Fprintf(w, "%-42s %12.1f %10.0f %10s\n", b.name, ns(b.name), med(b.name, func(r result) float64 { return r.allocsPerOp }), mb)
 	}
-	fmt.Println()
+	fmt.Fprintln(w)
 	targets := []struct {
 		key, target string
 		ok          bool
@@ -126,12 +145,16 @@ func main() {
 		{"acquire_release_allocs", "<= 1", summary["acquire_release_allocs"] <= 1},
 		{"acquire_10k_over_10", "<= 1.5", summary["acquire_10k_over_10"] <= 1.5},
 		{"parallel_speedup", "> 1", summary["parallel_speedup"] > 1},
+		{"acquire_10k_cycling_over_10", "(info)", true},
 		{"datagram_pooled_over_raw", "(info)", true},
 		{"datagram_msg_pooled_over_raw", "(info)", true},
 		{"first_acquire_over_listen", "(info)", true},
 	}
-	fmt.Printf("%-32s %10s %14s  %s\n", "ratio", "value", "target", "")
+	fmt.Fprintf(w, "%-32s %10s %14s  %s\n", "ratio", "value", "target", "")
 	for _, t := range targets {
+		if _, ok := summary[t.key]; !ok {
+			continue
+		}
 		mark := "met"
 		if !t.ok {
 			mark = "MISSED"
@@ -139,6 +162,6 @@ func main() {
 		if t.target == "(info)" {
 			mark = ""
 		}
-		fmt.Printf("%-32s %10.3f %14s  %s\n", t.key, summary[t.key], t.target, mark)
+		fmt.Fprintf(w, "%-32s %10.3f %14s  %s\n", t.key, summary[t.key], t.target, mark)
 	}
 }
