@@ -26,10 +26,8 @@ import (
 // handle reads first. Sharing is for handing a socket over (from an old
 // configuration to a new one), not for fanning datagrams out.
 type Conn struct {
-	pool  *Pool
-	entry *entry
-	sock  *socket
-
+	// Only what a handle needs of its own: one is allocated per acquire.
+	entry  *entry
 	closed atomic.Bool
 	dirs   [2]dirState
 	leak   *leakWatch // nil unless the pool reports leaks
@@ -42,8 +40,12 @@ type dirState struct {
 	inflight atomic.Int32
 	// timed is set while deadline is non-zero, so the fast path can skip the
 	// gate without taking its lock.
-	timed    atomic.Bool
-	deadline time.Time // guarded by the socket's gate
+	timed atomic.Bool
+	// deadline is the deadline in Unix nanoseconds, valid while timed is
+	// set; guarded by the socket's gate. An int64 rather than a time.Time
+	// keeps handles small; the wall clock (not a monotonic base) keeps
+	// deadlines right inside testing/synctest bubbles, whose clock is fake.
+	deadline int64
 }
 
 var (
@@ -61,10 +63,17 @@ func (c *Conn) effectiveDeadline(dir int) time.Time {
 	if c.closed.Load() {
 		return pastDeadline
 	}
-	return c.dirs[dir].deadline
+	return c.deadline(dir)
 }
 
-func (c *Conn) deadline(dir int) time.Time { return c.dirs[dir].deadline }
+// deadline returns the handle's own deadline, zero for none. g.mu must be
+// held.
+func (c *Conn) deadline(dir int) time.Time {
+	if !c.dirs[dir].timed.Load() {
+		return time.Time{}
+	}
+	return time.Unix(0, c.dirs[dir].deadline)
+}
 
 // expired returns the error an operation of c gets now: net.ErrClosed for a
 // released handle, os.ErrDeadlineExceeded past its deadline, else nil.
@@ -73,7 +82,7 @@ func (c *Conn) expired(dir int) error {
 	if c.closed.Load() {
 		return net.ErrClosed
 	}
-	if t := c.dirs[dir].deadline; !t.IsZero() && !time.Now().Before(t) {
+	if d := &c.dirs[dir]; d.timed.Load() && time.Now().UnixNano() >= d.deadline {
 		return os.ErrDeadlineExceeded
 	}
 	return nil
@@ -85,7 +94,7 @@ func (c *Conn) expired(dir int) error {
 // or os.ErrDeadlineExceeded) for the caller to wrap.
 func (c *Conn) do(dir int, op func() error) error {
 	d := &c.dirs[dir]
-	g := &c.sock.gates[dir]
+	g := &c.entry.sock.gates[dir]
 	for {
 		watched := false
 		d.inflight.Add(1)
@@ -103,8 +112,8 @@ func (c *Conn) do(dir int, op func() error) error {
 			g.leave(dir)
 		}
 		if err == nil {
-			if c.sock.failures.Load() != 0 {
-				c.sock.failures.Store(0)
+			if c.entry.sock.failures.Load() != 0 {
+				c.entry.sock.failures.Store(0)
 			}
 			return nil
 		}
@@ -112,7 +121,7 @@ func (c *Conn) do(dir int, op func() error) error {
 			if c.closed.Load() {
 				return net.ErrClosed
 			}
-			c.pool.failed(c.entry, err)
+			c.entry.pool.failed(c.entry, err)
 			return err
 		}
 		// The socket deadline fired: ours, our Close, or another handle's.
@@ -136,7 +145,7 @@ func (c *Conn) opError(op string, err error, addr net.Addr) error {
 	if err != net.ErrClosed && err != os.ErrDeadlineExceeded {
 		return err
 	}
-	return &net.OpError{Op: op, Net: c.sock.laddr.Network(), Source: c.sock.laddr, Addr: addr, Err: err}
+	return &net.OpError{Op: op, Net: c.entry.sock.laddr.Network(), Source: c.entry.sock.laddr, Addr: addr, Err: err}
 }
 
 func (c *Conn) read(op func() error) error {
@@ -151,7 +160,7 @@ func (c *Conn) write(addr net.Addr, op func() error) error {
 func (c *Conn) ReadFrom(b []byte) (n int, addr net.Addr, err error) {
 	err = c.read(func() (err error) {
 		var ua *net.UDPAddr
-		n, ua, err = c.sock.conn.ReadFromUDP(b)
+		n, ua, err = c.entry.sock.conn.ReadFromUDP(b)
 		if ua != nil {
 			addr = ua
 		}
@@ -163,7 +172,7 @@ func (c *Conn) ReadFrom(b []byte) (n int, addr net.Addr, err error) {
 // ReadFromUDP acts like ReadFrom but returns a *net.UDPAddr.
 func (c *Conn) ReadFromUDP(b []byte) (n int, addr *net.UDPAddr, err error) {
 	err = c.read(func() (err error) {
-		n, addr, err = c.sock.conn.ReadFromUDP(b)
+		n, addr, err = c.entry.sock.conn.ReadFromUDP(b)
 		return err
 	})
 	return n, addr, err
@@ -172,7 +181,7 @@ func (c *Conn) ReadFromUDP(b []byte) (n int, addr *net.UDPAddr, err error) {
 // ReadFromUDPAddrPort acts like ReadFrom but returns a netip.AddrPort.
 func (c *Conn) ReadFromUDPAddrPort(b []byte) (n int, addr netip.AddrPort, err error) {
 	err = c.read(func() (err error) {
-		n, addr, err = c.sock.conn.ReadFromUDPAddrPort(b)
+		n, addr, err = c.entry.sock.conn.ReadFromUDPAddrPort(b)
 		return err
 	})
 	return n, addr, err
@@ -182,7 +191,7 @@ func (c *Conn) ReadFromUDPAddrPort(b []byte) (n int, addr netip.AddrPort, err er
 // (*net.UDPConn).ReadMsgUDP does.
 func (c *Conn) ReadMsgUDP(b, oob []byte) (n, oobn, flags int, addr *net.UDPAddr, err error) {
 	err = c.read(func() (err error) {
-		n, oobn, flags, addr, err = c.sock.conn.ReadMsgUDP(b, oob)
+		n, oobn, flags, addr, err = c.entry.sock.conn.ReadMsgUDP(b, oob)
 		return err
 	})
 	return n, oobn, flags, addr, err
@@ -191,7 +200,7 @@ func (c *Conn) ReadMsgUDP(b, oob []byte) (n, oobn, flags int, addr *net.UDPAddr,
 // ReadMsgUDPAddrPort is like ReadMsgUDP but returns a netip.AddrPort.
 func (c *Conn) ReadMsgUDPAddrPort(b, oob []byte) (n, oobn, flags int, addr netip.AddrPort, err error) {
 	err = c.read(func() (err error) {
-		n, oobn, flags, addr, err = c.sock.conn.ReadMsgUDPAddrPort(b, oob)
+		n, oobn, flags, addr, err = c.entry.sock.conn.ReadMsgUDPAddrPort(b, oob)
 		return err
 	})
 	return n, oobn, flags, addr, err
@@ -201,7 +210,7 @@ func (c *Conn) ReadMsgUDPAddrPort(b, oob []byte) (n, oobn, flags int, addr netip
 // from any sender.
 func (c *Conn) Read(b []byte) (n int, err error) {
 	err = c.read(func() (err error) {
-		n, err = c.sock.conn.Read(b)
+		n, err = c.entry.sock.conn.Read(b)
 		return err
 	})
 	return n, err
@@ -210,7 +219,7 @@ func (c *Conn) Read(b []byte) (n int, err error) {
 // WriteTo implements net.PacketConn.
 func (c *Conn) WriteTo(b []byte, addr net.Addr) (n int, err error) {
 	err = c.write(addr, func() (err error) {
-		n, err = c.sock.conn.WriteTo(b, addr)
+		n, err = c.entry.sock.conn.WriteTo(b, addr)
 		return err
 	})
 	return n, err
@@ -219,7 +228,7 @@ func (c *Conn) WriteTo(b []byte, addr net.Addr) (n int, err error) {
 // WriteToUDP acts like WriteTo but takes a *net.UDPAddr.
 func (c *Conn) WriteToUDP(b []byte, addr *net.UDPAddr) (n int, err error) {
 	err = c.write(addr, func() (err error) {
-		n, err = c.sock.conn.WriteToUDP(b, addr)
+		n, err = c.entry.sock.conn.WriteToUDP(b, addr)
 		return err
 	})
 	return n, err
@@ -228,7 +237,7 @@ func (c *Conn) WriteToUDP(b []byte, addr *net.UDPAddr) (n int, err error) {
 // WriteToUDPAddrPort acts like WriteTo but takes a netip.AddrPort.
 func (c *Conn) WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (n int, err error) {
 	err = c.write(net.UDPAddrFromAddrPort(addr), func() (err error) {
-		n, err = c.sock.conn.WriteToUDPAddrPort(b, addr)
+		n, err = c.entry.sock.conn.WriteToUDPAddrPort(b, addr)
 		return err
 	})
 	return n, err
@@ -238,7 +247,7 @@ func (c *Conn) WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (n int, err err
 // (*net.UDPConn).WriteMsgUDP does.
 func (c *Conn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err error) {
 	err = c.write(addr, func() (err error) {
-		n, oobn, err = c.sock.conn.WriteMsgUDP(b, oob, addr)
+		n, oobn, err = c.entry.sock.conn.WriteMsgUDP(b, oob, addr)
 		return err
 	})
 	return n, oobn, err
@@ -247,7 +256,7 @@ func (c *Conn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err e
 // WriteMsgUDPAddrPort is like WriteMsgUDP but takes a netip.AddrPort.
 func (c *Conn) WriteMsgUDPAddrPort(b, oob []byte, addr netip.AddrPort) (n, oobn int, err error) {
 	err = c.write(net.UDPAddrFromAddrPort(addr), func() (err error) {
-		n, oobn, err = c.sock.conn.WriteMsgUDPAddrPort(b, oob, addr)
+		n, oobn, err = c.entry.sock.conn.WriteMsgUDPAddrPort(b, oob, addr)
 		return err
 	})
 	return n, oobn, err
@@ -257,7 +266,7 @@ func (c *Conn) WriteMsgUDPAddrPort(b, oob []byte, addr netip.AddrPort) (n, oobn 
 // for *net.UDPConn; use WriteTo.
 func (c *Conn) Write(b []byte) (n int, err error) {
 	err = c.write(nil, func() (err error) {
-		n, err = c.sock.conn.Write(b)
+		n, err = c.entry.sock.conn.Write(b)
 		return err
 	})
 	return n, err
@@ -265,7 +274,7 @@ func (c *Conn) Write(b []byte) (n int, err error) {
 
 // LocalAddr returns the local address of the socket, which stays known
 // after Close.
-func (c *Conn) LocalAddr() net.Addr { return c.sock.laddr }
+func (c *Conn) LocalAddr() net.Addr { return c.entry.sock.laddr }
 
 // RemoteAddr implements net.Conn; a pooled socket is unconnected, so it
 // returns nil.
@@ -290,9 +299,9 @@ func (c *Conn) setDeadline(dir int, op string, t time.Time) error {
 	if c.closed.Load() {
 		return c.opError(op, net.ErrClosed, nil)
 	}
-	g := &c.sock.gates[dir]
+	g := &c.entry.sock.gates[dir]
 	g.mu.Lock()
-	c.dirs[dir].deadline = t
+	c.dirs[dir].deadline = t.UnixNano()
 	c.dirs[dir].timed.Store(!t.IsZero())
 	g.mu.Unlock()
 	g.update(c, dir)
@@ -305,7 +314,7 @@ func (c *Conn) SetReadBuffer(bytes int) error {
 	if c.closed.Load() {
 		return c.opError("set", net.ErrClosed, nil)
 	}
-	return c.sock.conn.SetReadBuffer(bytes)
+	return c.entry.sock.conn.SetReadBuffer(bytes)
 }
 
 // SetWriteBuffer sets the socket's send buffer size, shared by every handle.
@@ -313,7 +322,7 @@ func (c *Conn) SetWriteBuffer(bytes int) error {
 	if c.closed.Load() {
 		return c.opError("set", net.ErrClosed, nil)
 	}
-	return c.sock.conn.SetWriteBuffer(bytes)
+	return c.entry.sock.conn.SetWriteBuffer(bytes)
 }
 
 // SyscallConn returns a raw connection to the socket. Its Read and Write
@@ -341,12 +350,12 @@ func (c *Conn) Close() error {
 		c.leak.closed.Store(true)
 	}
 	for dir := range c.dirs {
-		g := &c.sock.gates[dir]
+		g := &c.entry.sock.gates[dir]
 		if c.dirs[dir].inflight.Load() > 0 || g.waiting.Load() > 0 {
 			g.update(c, dir)
 		}
 	}
-	return c.pool.release(c.entry)
+	return c.entry.pool.release(c.entry)
 }
 
 // rawConn is the syscall.RawConn of a handle.
@@ -356,13 +365,13 @@ func (r rawConn) Control(f func(fd uintptr)) error {
 	if r.c.closed.Load() {
 		return net.ErrClosed
 	}
-	return r.c.sock.raw.Control(f)
+	return r.c.entry.sock.raw.Control(f)
 }
 
 func (r rawConn) Read(f func(fd uintptr) (done bool)) error {
-	return r.c.do(dirRead, func() error { return r.c.sock.raw.Read(f) })
+	return r.c.do(dirRead, func() error { return r.c.entry.sock.raw.Read(f) })
 }
 
 func (r rawConn) Write(f func(fd uintptr) (done bool)) error {
-	return r.c.do(dirWrite, func() error { return r.c.sock.raw.Write(f) })
+	return r.c.do(dirWrite, func() error { return r.c.entry.sock.raw.Write(f) })
 }

@@ -77,10 +77,10 @@ func (p *Pool) markDead(e *entry, cause error) {
 
 // deadError is the error of an operation on a socket known dead.
 func (c *Conn) deadError(op string, addr net.Addr) error {
-	cause := c.sock.dead.Load()
+	cause := c.entry.sock.dead.Load()
 	if cause == nil {
 		return nil
 	}
-	return &net.OpError{Op: op, Net: c.sock.laddr.Network(), Source: c.sock.laddr, Addr: addr,
+	return &net.OpError{Op: op, Net: c.entry.sock.laddr.Network(), Source: c.entry.sock.laddr, Addr: addr,
 		Err: fmt.Errorf("%w: %w", ErrSocketDead, *cause)}
 }

@@ -10,6 +10,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// BreakSocket lets the external tests break a socket the same way.
+var BreakSocket = breakSocket
+
 // breakSocket replaces the descriptor of c's socket with /dev/null, as if
 // something had closed it underneath the pool, without freeing the number
 // for reuse by an unrelated file.

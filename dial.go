@@ -24,11 +24,10 @@ import (
 // port), Dial fails at once with an error wrapping ErrFamily rather than
 // timing out.
 func (p *Pool) Dial(ctx context.Context, port uint16, addr net.Addr, tlsConf *tls.Config, conf *quic.Config) (*quic.Conn, error) {
-	ua, ok := addr.(*net.UDPAddr)
-	if !ok {
-		return nil, &net.OpError{Op: "dial", Net: "udp", Addr: addr, Err: fmt.Errorf("%w: not a *net.UDPAddr: %T", ErrFamily, addr)}
+	ip, err := destination("dial", addr)
+	if err != nil {
+		return nil, err
 	}
-	ip := ua.AddrPort().Addr().Unmap()
 	st := p.pickTransport(port, ip)
 	if st == nil {
 		where := "any port"

@@ -131,7 +131,7 @@ func TestGateStress(t *testing.T) {
 		}
 	}
 	timed.Close()
-	g := &steady.sock.gates[dirRead]
+	g := &steady.entry.sock.gates[dirRead]
 	steady.SetReadDeadline(time.Time{})
 	g.mu.Lock()
 	cur, watched := g.cur, len(g.watched)

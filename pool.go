@@ -38,7 +38,8 @@ type Pool struct {
 // after the socket has closed, so a new acquire of its key waits instead of
 // racing a socket that is still binding or closing.
 type entry struct {
-	key Key
+	pool *Pool
+	key  Key
 	// refs counts handles and other references. The fast path increments
 	// it only while it is positive; every change from or to zero happens
 	// under Pool.mu.
@@ -231,7 +232,7 @@ func (p *Pool) acquire(ctx context.Context, k Key) (*Conn, error) {
 				p.mu.Unlock()
 				return nil, err
 			}
-			e = newEntry(k)
+			e = p.newEntry(k)
 			p.insert(e)
 			p.mu.Unlock()
 			// The bind runs outside Pool.mu so that a slow bind (a
@@ -326,7 +327,7 @@ func (p *Pool) acquireNew(ctx context.Context, k Key) (*Conn, error) {
 		s.conn.Close()
 		return nil, overlapError(held.key)
 	}
-	e := newEntry(k)
+	e := p.newEntry(k)
 	e.sock = s
 	close(e.ready)
 	p.insert(e)
@@ -334,14 +335,14 @@ func (p *Pool) acquireNew(ctx context.Context, k Key) (*Conn, error) {
 }
 
 // newEntry returns an entry holding one reference, for its creator.
-func newEntry(k Key) *entry {
-	e := &entry{key: k, ready: make(chan struct{}), done: make(chan struct{})}
+func (p *Pool) newEntry(k Key) *entry {
+	e := &entry{pool: p, key: k, ready: make(chan struct{}), done: make(chan struct{})}
 	e.refs.Store(1)
 	return e
 }
 
 func (p *Pool) newConn(e *entry) *Conn {
-	c := &Conn{pool: p, entry: e, sock: e.sock}
+	c := &Conn{entry: e}
 	if p.opts.onLeak != nil { // the closure would cost an allocation
 		c.leak = watch(p, c, "Conn", e.key, func() { p.release(e) })
 	}

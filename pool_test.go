@@ -755,3 +755,23 @@ func TestKeyTable(t *testing.T) {
 		}
 	}
 }
+
+// TestDeadlineInSynctestBubble: handle deadlines follow the bubble's fake
+// clock, as the net package's own deadlines do.
+func TestDeadlineInSynctestBubble(t *testing.T) {
+	needIPv4(t)
+	synctest.Test(t, func(t *testing.T) {
+		p := New()
+		defer p.Close()
+		c := listen(t, p, "udp4", "127.0.0.1:0")
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(time.Hour))
+		if err := c.entry.sock.gates[dirRead].waitRetry(c, dirRead); err != nil {
+			t.Fatalf("a deadline an hour ahead counts as expired: %v", err)
+		}
+		c.SetReadDeadline(time.Now().Add(-time.Second))
+		if _, _, err := c.ReadFrom(make([]byte, 8)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("read past the deadline: %v", err)
+		}
+	})
+}

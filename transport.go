@@ -192,19 +192,31 @@ func (t *Transport) check(op string) error {
 	return nil
 }
 
-// part returns the shared transport whose socket can reach addr.
+// part returns the shared transport whose socket can reach addr, or the
+// error for op if t is closed or none can.
 func (t *Transport) part(op string, addr net.Addr) (*sharedTransport, error) {
-	ua, ok := addr.(*net.UDPAddr)
-	if !ok {
-		return nil, &net.OpError{Op: op, Net: "udp", Source: t.LocalAddr(), Addr: addr, Err: fmt.Errorf("%w: not a *net.UDPAddr: %T", ErrFamily, addr)}
+	if err := t.check(op); err != nil {
+		return nil, err
 	}
-	ip := ua.AddrPort().Addr().Unmap()
+	ip, err := destination(op, addr)
+	if err != nil {
+		return nil, err
+	}
 	for _, st := range t.parts {
 		if st.entry.key.reaches(ip) {
 			return st, nil
 		}
 	}
 	return nil, &net.OpError{Op: op, Net: "udp", Source: t.LocalAddr(), Addr: addr, Err: fmt.Errorf("%w: socket %v cannot send to %v", ErrFamily, t.key, ip)}
+}
+
+// destination returns the IP address of a UDP destination, unmapped.
+func destination(op string, addr net.Addr) (netip.Addr, error) {
+	ua, ok := addr.(*net.UDPAddr)
+	if !ok {
+		return netip.Addr{}, &net.OpError{Op: op, Net: "udp", Addr: addr, Err: fmt.Errorf("%w: not a *net.UDPAddr: %T", ErrFamily, addr)}
+	}
+	return ua.AddrPort().Addr().Unmap(), nil
 }
 
 // reaches reports whether the socket of k can send to ip.
@@ -226,9 +238,6 @@ func (k Key) reachesFamily(v4 bool) bool {
 // Dial dials addr through the shared transport whose socket serves addr's
 // family, so that the connection leaves from the pooled port.
 func (t *Transport) Dial(ctx context.Context, addr net.Addr, tlsConf *tls.Config, conf *quic.Config) (*quic.Conn, error) {
-	if err := t.check("dial"); err != nil {
-		return nil, err
-	}
 	st, err := t.part("dial", addr)
 	if err != nil {
 		return nil, err
@@ -238,9 +247,6 @@ func (t *Transport) Dial(ctx context.Context, addr net.Addr, tlsConf *tls.Config
 
 // DialEarly is like Dial but may send 0-RTT data.
 func (t *Transport) DialEarly(ctx context.Context, addr net.Addr, tlsConf *tls.Config, conf *quic.Config) (*quic.Conn, error) {
-	if err := t.check("dial"); err != nil {
-		return nil, err
-	}
 	st, err := t.part("dial", addr)
 	if err != nil {
 		return nil, err
@@ -250,9 +256,6 @@ func (t *Transport) DialEarly(ctx context.Context, addr net.Addr, tlsConf *tls.C
 
 // WriteTo sends a non-QUIC datagram from the pooled socket.
 func (t *Transport) WriteTo(b []byte, addr net.Addr) (int, error) {
-	if err := t.check("write"); err != nil {
-		return 0, err
-	}
 	st, err := t.part("write", addr)
 	if err != nil {
 		return 0, err
