@@ -15,6 +15,7 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -26,6 +27,11 @@ type bench struct {
 	fn   func(*testing.B)
 }
 
+// isBulk reports whether a benchmark is a QUIC transfer: its iterations
+// take a tenth of a second each, so it needs a longer benchtime to average
+// over more than one or two of them.
+func (b bench) isBulk() bool { return strings.HasPrefix(b.name, "quic bulk") }
+
 type result struct {
 	nsPerOp     float64
 	allocsPerOp float64
@@ -33,16 +39,13 @@ type result struct {
 }
 
 func main() {
-	rounds := flag.Int("rounds", 5, "interleaved rounds; medians are reported")
+	rounds := flag.Int("rounds", 7, "interleaved rounds; medians are reported")
 	benchtime := flag.Duration("benchtime", 300*time.Millisecond, "time per benchmark per round")
+	bulktime := flag.Duration("bulktime", time.Second, "time per QUIC bulk transfer benchmark per round")
 	asJSON := flag.Bool("json", false, "print one JSON object instead of a table")
 	only := flag.String("run", "", "run only the benchmarks whose name matches this regular expression")
 	testing.Init()
 	flag.Parse()
-	if err := flag.Set("test.benchtime", benchtime.String()); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
-	}
 
 	benches := []bench{
 		{"acquire-release/10 keys", benchcases.AcquireRelease(10)},
@@ -74,6 +77,14 @@ func main() {
 		// so drift in the machine's speed hits all of them alike.
 		for i := range benches {
 			b := benches[(i+round)%len(benches)]
+			d := *benchtime
+			if b.isBulk() {
+				d = *bulktime
+			}
+			if err := flag.Set("test.benchtime", d.String()); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(2)
+			}
 			r := testing.Benchmark(b.fn)
 			if r.N == 0 {
 				fmt.Fprintf(os.Stderr, "%s failed\n", b.name)
