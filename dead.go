@@ -68,7 +68,7 @@ func (p *Pool) markDead(e *entry, cause error) {
 	e.sock.conn.Close()
 	close(e.done)
 	if st != nil {
-		st.fail()
+		st.halt()
 	}
 	if p.opts.onDead != nil {
 		p.opts.onDead(e.key, cause)

@@ -30,10 +30,11 @@ type sharedTransport struct {
 	closing bool          // no new references
 	done    chan struct{} // closed when fully shut down
 
-	stop chan struct{} // closed when shutting down
-
-	brokenOnce sync.Once
-	broken     chan struct{} // closed when the pool closed the socket underneath
+	// stopped is closed when the transport can serve no more: shut down by
+	// its last user, or its socket closed by Pool.Close or found dead.
+	// Waiting Accepts and ReadNonQUICPackets return then.
+	stopOnce sync.Once
+	stopped  chan struct{}
 
 	// realMu serializes opening and closing the one quic-go listener, which
 	// quic-go allows only after the previous one has fully closed.
@@ -96,7 +97,7 @@ func (p *Pool) acquireTransport(ctx context.Context, k Key, settings *quic.Trans
 		}
 		st = &sharedTransport{
 			pool: p, entry: e, conn: c, settings: settings, refs: 1,
-			done: make(chan struct{}), stop: make(chan struct{}), broken: make(chan struct{}),
+			done: make(chan struct{}), stopped: make(chan struct{}),
 			all: make(map[*Listener]bool),
 		}
 		st.qt = st.newQUICTransport()
@@ -165,10 +166,10 @@ func sameSetting(a, b reflect.Value) bool {
 	return reflect.DeepEqual(a.Interface(), b.Interface())
 }
 
-// fail marks the transport unusable after Pool.Close closed its socket, so
-// that Accept returns instead of waiting for connections that cannot come.
-func (st *sharedTransport) fail() {
-	st.brokenOnce.Do(func() { close(st.broken) })
+// halt marks the transport unusable, so that Accept returns instead of
+// waiting for connections that cannot come.
+func (st *sharedTransport) halt() {
+	st.stopOnce.Do(func() { close(st.stopped) })
 }
 
 // ref adds a reference for a new Listener; the caller holds one already.
@@ -194,7 +195,7 @@ func (st *sharedTransport) release() {
 	st.closing = true
 	p.mu.Unlock()
 
-	close(st.stop)
+	st.halt()
 	st.closeReal()
 	st.qt.Close() // stops its reader through st.conn's own deadline
 	st.conn.Close()
@@ -346,8 +347,10 @@ func (st *sharedTransport) acceptLoop(real *quic.EarlyListener, done chan<- stru
 	}
 }
 
-// deliver hands conn to l, or, if l has closed meanwhile, to the newest open
-// listener serving the negotiated protocol. Without one it closes conn.
+// deliver hands conn to l, or, if l is nil or has closed meanwhile, to the
+// newest open listener serving the negotiated protocol; without one it
+// closes conn. A (non-early) Listener gets conn once its handshake is
+// complete.
 func (st *sharedTransport) deliver(conn *quic.Conn, l *Listener) {
 	for {
 		if l == nil || l.isClosed() {
@@ -357,8 +360,14 @@ func (st *sharedTransport) deliver(conn *quic.Conn, l *Listener) {
 			conn.CloseWithError(errorCodeNoListener, "no listener")
 			return
 		}
-		if !l.early {
-			go st.deliverHandshaken(conn, l)
+		if !l.early && !handshakeComplete(conn) {
+			go func() {
+				select {
+				case <-conn.HandshakeComplete():
+					st.deliver(conn, l)
+				case <-conn.Context().Done():
+				}
+			}()
 			return
 		}
 		if l.push(conn, st) {
@@ -368,19 +377,12 @@ func (st *sharedTransport) deliver(conn *quic.Conn, l *Listener) {
 	}
 }
 
-// deliverHandshaken waits for the handshake before delivering to a
-// (non-early) Listener.
-func (st *sharedTransport) deliverHandshaken(conn *quic.Conn, l *Listener) {
+func handshakeComplete(conn *quic.Conn) bool {
 	select {
 	case <-conn.HandshakeComplete():
-	case <-conn.Context().Done():
-		return
-	}
-	for !l.push(conn, st) {
-		if l = st.pick(negotiated(conn), false); l == nil {
-			conn.CloseWithError(errorCodeNoListener, "no listener")
-			return
-		}
+		return true
+	default:
+		return false
 	}
 }
 
@@ -398,7 +400,7 @@ func (st *sharedTransport) nonQUIC() <-chan nonQUICPacket {
 		st.packets = make(chan nonQUICPacket, 64)
 		ctx, cancel := context.WithCancel(context.Background())
 		go func() {
-			<-st.stop
+			<-st.stopped
 			cancel()
 		}()
 		go func() {
@@ -410,7 +412,7 @@ func (st *sharedTransport) nonQUIC() <-chan nonQUICPacket {
 				}
 				select {
 				case st.packets <- nonQUICPacket{data: slices.Clone(buf[:n]), addr: addr}:
-				case <-st.stop:
+				case <-st.stopped:
 					return
 				}
 			}
@@ -539,9 +541,9 @@ func (l *Listener) push(conn *quic.Conn, from *sharedTransport) bool {
 // Accept returns the next connection delivered to l. After Close it returns
 // quic.ErrServerClosed, as quic-go's listeners do.
 func (l *Listener) Accept(ctx context.Context) (*quic.Conn, error) {
-	var broken [2]<-chan struct{}
+	var stopped [2]<-chan struct{}
 	for i, st := range l.t.parts {
-		broken[i] = st.broken
+		stopped[i] = st.stopped
 	}
 	select {
 	case a := <-l.queue:
@@ -549,9 +551,9 @@ func (l *Listener) Accept(ctx context.Context) (*quic.Conn, error) {
 		return a.conn, nil
 	case <-l.done:
 		return nil, quic.ErrServerClosed
-	case <-broken[0]:
+	case <-stopped[0]:
 		return nil, quic.ErrServerClosed
-	case <-broken[1]:
+	case <-stopped[1]:
 		return nil, quic.ErrServerClosed
 	case <-ctx.Done():
 		return nil, ctx.Err()

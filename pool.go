@@ -465,7 +465,7 @@ func (p *Pool) Close() error {
 		errs = append(errs, p.destroy(e))
 	}
 	for _, st := range transports {
-		st.fail()
+		st.halt()
 	}
 	return errors.Join(errs...)
 }

@@ -82,7 +82,11 @@ func clientConn(t testing.TB, local netip.Addr) *net.UDPConn {
 // the open connection, which the caller closes.
 func roundTrip(ctx context.Context, uc *net.UDPConn, dst netip.AddrPort, alpn string) (string, *quic.Conn, *quic.Transport, error) {
 	tr := &quic.Transport{Conn: uc}
-	conn, err := tr.Dial(ctx, net.UDPAddrFromAddrPort(dst), certs().Client(alpn), &quic.Config{HandshakeIdleTimeout: quicTimeout})
+	conn, err := tr.Dial(ctx, net.UDPAddrFromAddrPort(dst), certs().Client(alpn), &quic.Config{
+		HandshakeIdleTimeout: quicTimeout,
+		// Connections kept across a long soak must not reach the idle timeout.
+		KeepAlivePeriod: 5 * time.Second,
+	})
 	if err != nil {
 		tr.Close()
 		uc.Close()

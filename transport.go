@@ -273,7 +273,7 @@ func (t *Transport) ReadNonQUICPacket(ctx context.Context, b []byte) (int, net.A
 	var chans [2]<-chan nonQUICPacket
 	var stops [2]<-chan struct{}
 	for i, st := range t.parts {
-		chans[i], stops[i] = st.nonQUIC(), st.stop
+		chans[i], stops[i] = st.nonQUIC(), st.stopped
 	}
 	select {
 	case pkt := <-chans[0]:
