@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"runtime"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/quic-go/quic-go"
 )
@@ -119,22 +120,21 @@ func (p *Pool) transport(ctx context.Context, network, address string, o transpo
 			keys = keys[:1] // a host without IPv6: serve what it has
 		}
 	}
-	t := &Transport{key: k}
-	fail := func(k Key, err error) (*Transport, error) {
+	var t *Transport
+	for attempt := 1; ; attempt++ {
+		t = &Transport{key: k}
+		k, err := t.acquireParts(ctx, p, keys, o.settings)
+		if err == nil {
+			break
+		}
 		t.Close()
+		// The second socket of a split-stack port 0 request takes the
+		// port the first one got; if another socket holds it in the other
+		// family, try another port.
+		if keys[0].Addr.Port() == 0 && len(keys) > 1 && errors.Is(err, syscall.EADDRINUSE) && attempt < 8 {
+			continue
+		}
 		return nil, opError("transport", network, address, k, err)
-	}
-	for _, k := range keys {
-		if k.Addr.Port() == 0 && len(t.parts) > 0 {
-			// The second socket of a split-stack port 0 request takes
-			// the port the first one got.
-			k.Addr = netip.AddrPortFrom(k.Addr.Addr(), t.parts[0].entry.key.Addr.Port())
-		}
-		st, err := p.acquireTransport(ctx, k, o.settings)
-		if err != nil {
-			return fail(k, err)
-		}
-		t.parts = append(t.parts, st)
 	}
 	if len(t.parts) > 1 {
 		t.key = Key{Network: "udp", Addr: netip.AddrPortFrom(netip.IPv6Unspecified(), t.parts[0].entry.key.Addr.Port())}
@@ -148,6 +148,22 @@ func (p *Pool) transport(ctx context.Context, network, address string, o transpo
 		}
 	})
 	return t, nil
+}
+
+// acquireParts acquires the shared transport of every key into t.parts. On
+// failure it returns the key that failed; the caller closes t.
+func (t *Transport) acquireParts(ctx context.Context, p *Pool, keys []Key, settings *quic.Transport) (Key, error) {
+	for _, k := range keys {
+		if k.Addr.Port() == 0 && len(t.parts) > 0 {
+			k.Addr = netip.AddrPortFrom(k.Addr.Addr(), t.parts[0].entry.key.Addr.Port())
+		}
+		st, err := p.acquireTransport(ctx, k, settings)
+		if err != nil {
+			return k, err
+		}
+		t.parts = append(t.parts, st)
+	}
+	return Key{}, nil
 }
 
 // Keys returns the keys of the sockets serving t: one, or an IPv4 and an
