@@ -89,7 +89,7 @@ func run(ctx context.Context, o options) error {
 	}
 	defer tr.Close()
 
-	s := &site{tr: tr, newCert: o.newCert, handler: o.handler}
+	s := &site{tr: tr, newCert: o.newCert, handler: o.handler, servers: make(map[*http3.Server]bool)}
 	if err := s.reload(); err != nil {
 		return err
 	}
@@ -152,16 +152,20 @@ type site struct {
 
 	// Used by the goroutine of run only.
 	ln      *udppool.Listener // current
-	servers []*http3.Server   // every generation, current last
+	srv     *http3.Server     // current
 	reloads int
-	wg      sync.WaitGroup // ServeListener calls
+	wg      sync.WaitGroup // ServeListener calls and drains
+
+	mu      sync.Mutex
+	servers map[*http3.Server]bool // generations that still have connections
 }
 
 // reload starts a new generation: a fresh certificate and tls.Config, a
-// new listener and a new http3.Server on it; only then does it close the
+// new listener and a new http3.Server on it; only then does it stop the
 // old listener. New handshakes go to the newest listener from the moment it
 // opens, and the port stays bound throughout. The old http3.Server keeps
-// serving the connections it already has; it is shut down at exit.
+// serving the connections it already has; once the last of them has
+// closed, it is dropped.
 func (s *site) reload() error {
 	pair, err := s.newCert()
 	if err != nil {
@@ -181,14 +185,25 @@ func (s *site) reload() error {
 			log.Printf("serving HTTP/3: %v", err)
 		}
 	})
-	s.servers = append(s.servers, srv)
-	if s.ln != nil {
-		// Close the old listener, not its server: closing the server
-		// would abort its requests in flight.
-		s.ln.Close()
+	s.mu.Lock()
+	s.servers[srv] = true
+	s.mu.Unlock()
+	if old, oldSrv := s.ln, s.srv; old != nil {
+		// Stop the old listener, not its server: closing the server
+		// would abort its requests in flight. Shutdown returns once
+		// the old generation's connections have all closed (its
+		// clients leave, or the exit closes them), and only then is
+		// its server dropped.
+		s.wg.Go(func() {
+			old.Shutdown(context.Background())
+			s.mu.Lock()
+			delete(s.servers, oldSrv)
+			s.mu.Unlock()
+			oldSrv.Close()
+		})
 		s.reloads++
 	}
-	s.ln = ln
+	s.ln, s.srv = ln, srv
 	return nil
 }
 
@@ -208,9 +223,11 @@ func (s *site) shutdown() {
 	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	var wg sync.WaitGroup
-	for _, srv := range s.servers {
+	s.mu.Lock()
+	for srv := range s.servers {
 		wg.Go(func() { srv.Shutdown(ctx) })
 	}
+	s.mu.Unlock()
 	wg.Wait()
 	s.wg.Wait()
 }
