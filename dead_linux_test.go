@@ -93,3 +93,41 @@ func TestDeadSocket(t *testing.T) {
 	}
 	var _ net.Conn = fresh
 }
+
+// TestDeadAfterRepeatedEINVAL: sends that keep failing with EINVAL (here a
+// malformed control message, the kind of send error that kept a VPN's path
+// dead for days) mark the socket dead after deadAfter failures in a row;
+// any success in between resets the count.
+func TestDeadAfterRepeatedEINVAL(t *testing.T) {
+	needIPv4(t)
+	p := newPool(t)
+	c := listen(t, p, "udp4", "127.0.0.1:0")
+	defer c.Close()
+	dst := c.LocalAddr().(*net.UDPAddr)
+	bad := make([]byte, unix.CmsgSpace(4))
+	for i := range bad {
+		bad[i] = 0xff // a control message longer than its buffer
+	}
+	fail := func(n int) error {
+		var err error
+		for range n {
+			if _, _, err = c.WriteMsgUDP([]byte("x"), bad, dst); !errors.Is(err, unix.EINVAL) && !errors.Is(err, ErrSocketDead) {
+				t.Fatalf("malformed control message: %v, want EINVAL", err)
+			}
+		}
+		return err
+	}
+	fail(deadAfter - 1)
+	if _, err := c.WriteTo([]byte("ok"), dst); err != nil {
+		t.Fatalf("a good send: %v", err)
+	}
+	if err := fail(deadAfter - 1); errors.Is(err, ErrSocketDead) {
+		t.Fatal("dead although a send succeeded in between")
+	}
+	if err := fail(1); !errors.Is(err, ErrSocketDead) {
+		t.Fatalf("after %d failures in a row: %v, want ErrSocketDead", deadAfter, err)
+	}
+	if st := p.Stats(); len(st) != 1 || !errors.Is(st[0].Dead, unix.EINVAL) {
+		t.Fatalf("stats: %+v", st)
+	}
+}
