@@ -75,7 +75,14 @@ func run(ctx context.Context, o options) error {
 		defer cancel()
 	}
 	if o.newCert == nil {
-		o.newCert = func() (*testcert.Pair, error) { return testcert.New() }
+		// Every reload gets a new certificate from a new CA, for the same
+		// leaf key: a browser that pins the key (see the ready line)
+		// trusts every generation.
+		key, err := testcert.NewKey()
+		if err != nil {
+			return err
+		}
+		o.newCert = func() (*testcert.Pair, error) { return testcert.NewWithKey(key) }
 	}
 	if o.handler == nil {
 		o.handler = http.HandlerFunc(hello)
@@ -94,7 +101,9 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	port := tr.LocalAddr().(*net.UDPAddr).Port
-	fmt.Fprintf(o.out, "ready https://%s/ (socket %s)\n", urlHost(o.listen, port), keyList(tr.Keys()))
+	// The key hash lets a browser trust the self-signed certificates:
+	// chromium --origin-to-force-quic-on=localhost:4433 --ignore-certificate-errors-spki-list=HASH
+	fmt.Fprintf(o.out, "ready https://%s/ (socket %s, spki %s)\n", urlHost(o.listen, port), keyList(tr.Keys()), s.spki)
 	if o.ready != nil {
 		o.ready(port)
 	}
@@ -153,6 +162,7 @@ type site struct {
 	// Used by the goroutine of run only.
 	ln      *udppool.Listener // current
 	srv     *http3.Server     // current
+	spki    string            // hash of the current certificate's key
 	reloads int
 	wg      sync.WaitGroup // ServeListener calls and drains
 
@@ -169,6 +179,9 @@ type site struct {
 func (s *site) reload() error {
 	pair, err := s.newCert()
 	if err != nil {
+		return err
+	}
+	if s.spki, err = pair.SPKIHash(); err != nil {
 		return err
 	}
 	// ConfigureTLSConfig sets the h3 ALPN, by which the pool routes

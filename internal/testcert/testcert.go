@@ -7,9 +7,11 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"math/big"
 	"net"
 	"time"
@@ -25,6 +27,22 @@ type Pair struct {
 // hour for "localhost", 127.0.0.1 and ::1 and any extra names or IP
 // addresses given.
 func New(extra ...string) (*Pair, error) {
+	key, err := NewKey()
+	if err != nil {
+		return nil, err
+	}
+	return NewWithKey(key, extra...)
+}
+
+// NewKey returns a fresh leaf key for NewWithKey.
+func NewKey() (*ecdsa.PrivateKey, error) {
+	return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+}
+
+// NewWithKey is New with a given leaf key: every certificate is new, but a
+// client that pins the key (a browser given --ignore-certificate-errors-spki-list)
+// keeps trusting it across reloads.
+func NewWithKey(key *ecdsa.PrivateKey, extra ...string) (*Pair, error) {
 	now := time.Now()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -44,10 +62,6 @@ func New(extra ...string) (*Pair, error) {
 		return nil, err
 	}
 	ca, err = x509.ParseCertificate(caDER)
-	if err != nil {
-		return nil, err
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
 	}
@@ -75,6 +89,17 @@ func New(extra ...string) (*Pair, error) {
 	roots := x509.NewCertPool()
 	roots.AddCert(ca)
 	return &Pair{Cert: tls.Certificate{Certificate: [][]byte{der, caDER}, PrivateKey: key}, Roots: roots}, nil
+}
+
+// SPKIHash returns the base64 SHA-256 hash of the leaf's public key, as
+// Chromium's --ignore-certificate-errors-spki-list takes it.
+func (p *Pair) SPKIHash() (string, error) {
+	leaf, err := x509.ParseCertificate(p.Cert.Certificate[0])
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(leaf.RawSubjectPublicKeyInfo)
+	return base64.StdEncoding.EncodeToString(sum[:]), nil
 }
 
 // Server returns a server configuration offering the given ALPN protocols.
