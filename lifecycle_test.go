@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -183,6 +184,41 @@ func TestHTTP3SlowRequestAcrossReload(t *testing.T) {
 	}()
 	<-started
 
+	// Load: clients make requests, each on a new connection, from before
+	// the reload until the old generation has drained.
+	stopLoad := make(chan struct{})
+	var loadWG sync.WaitGroup
+	var loadMu sync.Mutex
+	served := map[string]int{}
+	var failures []string
+	for range 3 {
+		loadWG.Go(func() {
+			for range 1000 { // bounded; stopped after the drain
+				select {
+				case <-stopLoad:
+					return
+				default:
+				}
+				c := &http3.Transport{TLSClientConfig: certs().Client()}
+				body, err := get(c, "/fast")
+				c.Close()
+				loadMu.Lock()
+				if err != nil {
+					failures = append(failures, err.Error())
+				} else {
+					served[strings.Fields(body)[0]]++
+				}
+				loadMu.Unlock()
+			}
+		})
+	}
+	for loaded := false; !loaded; {
+		time.Sleep(time.Millisecond)
+		loadMu.Lock()
+		loaded = served["gen1"] > 0 || len(failures) > 0
+		loadMu.Unlock()
+	}
+
 	// Reload while the slow request is in flight.
 	newLn, newSrv := generation("gen2")
 	defer newLn.Close()
@@ -209,6 +245,12 @@ func TestHTTP3SlowRequestAcrossReload(t *testing.T) {
 	t.Logf("after the drain: %s", got)
 	if strings.Contains(got, "gen1") {
 		t.Fatalf("old generation still listed after draining: %s", got)
+	}
+	close(stopLoad)
+	loadWG.Wait()
+	t.Logf("load: %d requests served by gen1, %d by gen2, %d failed", served["gen1"], served["gen2"], len(failures))
+	if len(failures) > 0 || served["gen2"] == 0 {
+		t.Fatalf("load across the reload: served %v, failures %v", served, failures[:min(3, len(failures))])
 	}
 	newClient.Close()
 }
