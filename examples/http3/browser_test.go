@@ -56,7 +56,8 @@ func TestBrowserHTTP3(t *testing.T) {
 	}
 	for _, host := range hosts {
 		origin := fmt.Sprintf("%s:%d", host, port)
-		bctx, bcancel := context.WithTimeout(ctx, testTimeout)
+		// A first start of a browser can be slow on a fresh machine.
+		bctx, bcancel := context.WithTimeout(ctx, 3*testTimeout)
 		cmd := exec.CommandContext(bctx, browser,
 			"--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
 			"--disable-background-networking", "--disable-component-update", "--disable-sync",
