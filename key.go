@@ -82,15 +82,9 @@ type resolver interface {
 // parseKey normalizes a network and address as given to net.ListenPacket into
 // the Key of the socket Go would bind for them. Hostnames resolve as Go
 // resolves listen addresses: the first IPv4 address is preferred for "udp".
-func parseKey(ctx context.Context, r resolver, st stack, network, address string) (Key, error) {
-	k, _, err := parseKeyLiteral(ctx, r, st, network, address)
-	return k, err
-}
-
-// parseKeyLiteral is parseKey that also reports whether the address was
-// literal (no host name or service name looked up), so that its key can be
-// cached.
-func parseKeyLiteral(ctx context.Context, r resolver, st stack, network, address string) (k Key, literal bool, err error) {
+// It also reports whether the address was literal (no host name or service
+// name looked up), so that its key can be cached.
+func parseKey(ctx context.Context, r resolver, st stack, network, address string) (k Key, literal bool, err error) {
 	switch network {
 	case "udp", "udp4", "udp6":
 	default:

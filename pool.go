@@ -164,17 +164,12 @@ func (p *Pool) ListenPacket(ctx context.Context, network, address string) (*Conn
 	return c, nil
 }
 
-func (p *Pool) key(ctx context.Context, network, address string) (Key, error) {
-	k, _, err := p.parse(ctx, network, address)
-	return k, err
-}
-
 func (p *Pool) parse(ctx context.Context, network, address string) (Key, bool, error) {
 	if err := ctx.Err(); err != nil {
 		return Key{}, false, err
 	}
 	p.stackOnce.Do(func() { p.stack = probeStack() })
-	return parseKeyLiteral(ctx, p.opts.lookup, p.stack, network, address)
+	return parseKey(ctx, p.opts.lookup, p.stack, network, address)
 }
 
 // fast returns a new handle to a socket the pool holds under spelling sp,

@@ -678,7 +678,7 @@ func TestLinger(t *testing.T) {
 }
 
 func TestAddressWithService(t *testing.T) {
-	k, err := parseKey(context.Background(), staticResolver{}, stack{dualStack: true}, "udp", "127.0.0.1:domain")
+	k, err := normalize(context.Background(), staticResolver{}, stack{dualStack: true}, "udp", "127.0.0.1:domain")
 	if err != nil || k.Addr.Port() != 53 {
 		t.Fatalf("service name: %v, %v", k, err)
 	}
@@ -745,7 +745,7 @@ func TestKeyTable(t *testing.T) {
 		{single, "udp", "[::]:443", "udp6 [::]:443"},
 	}
 	for _, tc := range cases {
-		k, err := parseKey(context.Background(), staticResolver{}, tc.st, tc.network, tc.address)
+		k, err := normalize(context.Background(), staticResolver{}, tc.st, tc.network, tc.address)
 		if err != nil {
 			t.Errorf("parseKey(%q, %q): %v", tc.network, tc.address, err)
 			continue

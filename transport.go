@@ -106,7 +106,7 @@ func (p *Pool) transport(ctx context.Context, network, address string, o transpo
 	if o.settings != nil && o.settings.Conn != nil {
 		return nil, fmt.Errorf("%w: the template's Conn must be nil", ErrTransportConfig)
 	}
-	k, err := p.key(ctx, network, address)
+	k, _, err := p.parse(ctx, network, address)
 	if err != nil {
 		return nil, err
 	}
@@ -219,7 +219,7 @@ func (t *Transport) part(op string, addr net.Addr) (*sharedTransport, error) {
 		return nil, err
 	}
 	for _, st := range t.parts {
-		if st.entry.key.reaches(ip) {
+		if st.entry.key.reachesFamily(ip.Is4()) {
 			return st, nil
 		}
 	}
@@ -234,9 +234,6 @@ func destination(op string, addr net.Addr) (netip.Addr, error) {
 	}
 	return ua.AddrPort().Addr().Unmap(), nil
 }
-
-// reaches reports whether the socket of k can send to ip.
-func (k Key) reaches(ip netip.Addr) bool { return k.reachesFamily(ip.Is4()) }
 
 // reachesFamily reports whether the socket of k can send to IPv4 (v4) or
 // IPv6 addresses.
