@@ -29,8 +29,13 @@ type Conn struct {
 	// Only what a handle needs of its own: one is allocated per acquire.
 	entry  *entry
 	closed atomic.Bool
-	dirs   [2]dirState
-	leak   *leakWatch // nil unless the pool reports leaks
+	// quic marks the handle a shared transport gives quic-go: its read
+	// errors that do not end the socket are reported as temporary, so that
+	// quic-go's reader retries instead of closing the transport for every
+	// connection on it.
+	quic bool
+	dirs [2]dirState
+	leak *leakWatch // nil unless the pool reports leaks
 }
 
 // dirState is one direction (read or write) of a handle.
@@ -112,16 +117,16 @@ func (c *Conn) do(dir int, op func() error) error {
 			g.leave(dir)
 		}
 		if err == nil {
-			if c.entry.sock.failures.Load() != 0 {
-				c.entry.sock.failures.Store(0)
-			}
 			return nil
 		}
 		if !isTimeout(err) {
 			if c.closed.Load() {
 				return net.ErrClosed
 			}
-			c.entry.pool.failed(c.entry, err)
+			c.entry.pool.failed(c.entry, dir, err)
+			if c.quic && dir == dirRead && c.entry.sock.dead.Load() == nil && !errors.Is(err, net.ErrClosed) {
+				return temporaryError{err}
+			}
 			return err
 		}
 		// The socket deadline fired: ours, our Close, or another handle's.
@@ -132,6 +137,17 @@ func (c *Conn) do(dir int, op func() error) error {
 }
 
 func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
+
+// temporaryError marks a read error as worth retrying for quic-go, whose
+// reader retries errors whose Temporary method says so (and ends the
+// transport on any other): an ICMP error queued on the socket, say, must
+// not end every connection of the port.
+type temporaryError struct{ err error }
+
+func (e temporaryError) Error() string   { return e.err.Error() }
+func (e temporaryError) Unwrap() error   { return e.err }
+func (e temporaryError) Temporary() bool { return true }
+func (e temporaryError) Timeout() bool   { return false }
 
 // opError wraps a cause reported by do the way the net package does, so
 // callers can test errors.Is(err, net.ErrClosed) and err.(net.Error).Timeout().
@@ -296,8 +312,8 @@ func (c *Conn) SetReadDeadline(t time.Time) error { return c.setDeadline(dirRead
 func (c *Conn) SetWriteDeadline(t time.Time) error { return c.setDeadline(dirWrite, "set", t) }
 
 func (c *Conn) setDeadline(dir int, op string, t time.Time) error {
-	if c.closed.Load() {
-		return c.opError(op, net.ErrClosed, nil)
+	if err := c.usable(op); err != nil {
+		return err
 	}
 	g := &c.entry.sock.gates[dir]
 	g.mu.Lock()
@@ -311,16 +327,16 @@ func (c *Conn) setDeadline(dir int, op string, t time.Time) error {
 // SetReadBuffer sets the socket's receive buffer size, shared by every
 // handle.
 func (c *Conn) SetReadBuffer(bytes int) error {
-	if c.closed.Load() {
-		return c.opError("set", net.ErrClosed, nil)
+	if err := c.usable("set"); err != nil {
+		return err
 	}
 	return c.entry.sock.conn.SetReadBuffer(bytes)
 }
 
 // SetWriteBuffer sets the socket's send buffer size, shared by every handle.
 func (c *Conn) SetWriteBuffer(bytes int) error {
-	if c.closed.Load() {
-		return c.opError("set", net.ErrClosed, nil)
+	if err := c.usable("set"); err != nil {
+		return err
 	}
 	return c.entry.sock.conn.SetWriteBuffer(bytes)
 }
@@ -331,10 +347,19 @@ func (c *Conn) SetWriteBuffer(bytes int) error {
 // direct on the socket. Closing the descriptor through it breaks the socket
 // for every handle.
 func (c *Conn) SyscallConn() (syscall.RawConn, error) {
-	if c.closed.Load() {
-		return nil, c.opError("raw-conn", net.ErrClosed, nil)
+	if err := c.usable("raw-conn"); err != nil {
+		return nil, err
 	}
 	return rawConn{c}, nil
+}
+
+// usable returns the error of a method called on a released handle or on a
+// socket that the pool closed (Pool.Close, or found dead), nil otherwise.
+func (c *Conn) usable(op string) error {
+	if c.closed.Load() || c.entry.closing.Load() {
+		return c.opError(op, net.ErrClosed, nil)
+	}
+	return nil
 }
 
 // Close releases this handle's reference to the socket and unblocks its
@@ -362,8 +387,8 @@ func (c *Conn) Close() error {
 type rawConn struct{ c *Conn }
 
 func (r rawConn) Control(f func(fd uintptr)) error {
-	if r.c.closed.Load() {
-		return net.ErrClosed
+	if err := r.c.usable("raw-control"); err != nil {
+		return err
 	}
 	return r.c.entry.sock.raw.Control(f)
 }

@@ -3,61 +3,61 @@ package udppool
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
-	"syscall"
+	"sync"
 )
 
-// ErrSocketDead reports an operation on a pooled socket that failed with an
-// error that will not clear (its descriptor closed underneath the pool, or
-// sends failing again and again with EINVAL, ENETDOWN or EADDRNOTAVAIL). The
-// pool closes such a socket at once and the next acquire of its key binds a
-// fresh one; holders of the dead socket get errors wrapping ErrSocketDead.
+// ErrSocketDead reports an operation on a pooled socket whose descriptor is
+// gone: closed or replaced underneath the pool (through SyscallConn, for
+// example), so that the socket can never work again. The pool closes such a
+// socket at once and the next acquire of its key binds a fresh one; holders
+// of the dead socket get errors wrapping ErrSocketDead.
+//
+// Errors that depend on a peer, a destination, the arguments of a call or
+// an address that may come back (EINVAL for a destination with port 0 or
+// for a source address that was removed, ENETDOWN, EADDRNOTAVAIL,
+// EHOSTUNREACH) never kill a socket: anyone on the network can provoke them,
+// for example by spoofing a source port of 0, and they say nothing about the
+// socket. They fail the one operation and are counted in
+// SocketStats.SendErrors.
 var ErrSocketDead = errors.New("socket is dead")
 
-// deadAfter is how many consecutive failures with an error that may be
-// transient (EINVAL for one bad destination, ENETDOWN while an interface
-// flaps) mark a socket dead. Any success resets the count.
-const deadAfter = 8
-
 // WithDeadSocketHook calls fn when the pool finds a socket dead (see
-// ErrSocketDead), with the socket's key and the error that killed it. fn
+// ErrSocketDead), with the socket's key and the error that showed it. fn
 // runs on the goroutine whose operation found it and must not block.
 func WithDeadSocketHook(fn func(k Key, cause error)) Option {
 	return func(o *options) { o.onDead = fn }
 }
 
-// failed notes a failed operation on e's socket and marks the socket dead
-// if err shows it cannot recover.
-func (p *Pool) failed(e *entry, err error) {
-	var errno syscall.Errno
-	if !errors.As(err, &errno) {
+// failed looks at a failed operation in direction dir on e's socket. The
+// operation's own error decides nothing: the descriptor is asked directly
+// (one getsockopt, on the error path only), so that no errno list has to
+// be kept per platform and no outsider-made error can pass for death.
+func (p *Pool) failed(e *entry, dir int, err error) {
+	if errors.Is(err, net.ErrClosed) {
+		return // closed by the pool: every holder sees net.ErrClosed
+	}
+	if cerr := e.sock.check(); cerr != nil && !errors.Is(cerr, net.ErrClosed) {
+		p.markDead(e, cerr)
 		return
 	}
-	switch errno {
-	case syscall.EBADF, syscall.ENOTSOCK:
-		// The descriptor was closed or replaced underneath the pool.
-	case syscall.EINVAL, syscall.ENETDOWN, syscall.EADDRNOTAVAIL:
-		if e.sock.failures.Add(1) < deadAfter {
-			return
-		}
-	default:
-		return
+	if dir == dirWrite {
+		e.sock.sendErrors.add(err)
 	}
-	p.markDead(e, err)
 }
 
 // markDead closes a dead socket and takes its entry out of the pool, so that
 // the next acquire of the key binds a fresh socket. The dead socket leaves
 // its reuseport group at once instead of taking a share of the traffic.
 func (p *Pool) markDead(e *entry, cause error) {
-	if !e.sock.dead.CompareAndSwap(nil, &cause) {
-		return
-	}
 	p.mu.Lock()
 	if e.closing.Load() {
+		// Closed already, by Pool.Close or an earlier finding.
 		p.mu.Unlock()
 		return
 	}
+	e.sock.dead.Store(&cause)
 	e.closing.Store(true)
 	p.remove(e)
 	if e.refs.Load() > 0 {
@@ -65,11 +65,11 @@ func (p *Pool) markDead(e *entry, cause error) {
 	}
 	st := e.qt
 	p.mu.Unlock()
+	if st != nil {
+		st.halt(fmt.Errorf("socket %v is dead: %w", e.key, cause))
+	}
 	e.sock.conn.Close()
 	close(e.done)
-	if st != nil {
-		st.halt()
-	}
 	if p.opts.onDead != nil {
 		p.opts.onDead(e.key, cause)
 	}
@@ -84,3 +84,42 @@ func (c *Conn) deadError(op string, addr net.Addr) error {
 	return &net.OpError{Op: op, Net: c.entry.sock.laddr.Network(), Source: c.entry.sock.laddr, Addr: addr,
 		Err: fmt.Errorf("%w: %w", ErrSocketDead, *cause)}
 }
+
+// errorCounts counts failed operations of a socket by the kind of their
+// innermost error ("invalid argument", "network is unreachable", ...). It
+// is touched on the error path only.
+type errorCounts struct {
+	mu sync.Mutex
+	m  map[string]uint64
+}
+
+func (ec *errorCounts) add(err error) {
+	for {
+		inner := errors.Unwrap(err)
+		if inner == nil {
+			break
+		}
+		err = inner
+	}
+	kind := err.Error()
+	ec.mu.Lock()
+	if ec.m == nil {
+		ec.m = make(map[string]uint64)
+	}
+	if _, ok := ec.m[kind]; !ok && len(ec.m) >= maxErrorKinds {
+		kind = "other"
+	}
+	ec.m[kind]++
+	ec.mu.Unlock()
+}
+
+// snapshot returns a copy of the counts, nil if there are none.
+func (ec *errorCounts) snapshot() map[string]uint64 {
+	ec.mu.Lock()
+	defer ec.mu.Unlock()
+	return maps.Clone(ec.m)
+}
+
+// maxErrorKinds bounds the kinds counted per socket, in case some error
+// text carries a varying detail.
+const maxErrorKinds = 32

@@ -25,7 +25,20 @@ var (
 	// both binds would succeed and the more specific socket would silently
 	// receive every datagram of its family, so the pool refuses instead.
 	ErrOverlap = errors.New("overlaps a pooled socket")
+	// ErrOwnedByTransport reports a ListenPacket for a socket that a QUIC
+	// Transport serves: a plain reader would take datagrams from quic-go.
+	// Other traffic on a QUIC port goes through the Transport's
+	// ReadNonQUICPacket and WriteTo.
+	ErrOwnedByTransport = errors.New("socket is served by a QUIC transport (use Transport.ReadNonQUICPacket and WriteTo)")
+	// ErrHasConns reports a Transport request for a socket that plain
+	// handles from ListenPacket hold: their reads would take datagrams from
+	// quic-go. Close them first.
+	ErrHasConns = errors.New("socket is held by plain handles, which would take datagrams from quic-go")
 )
+
+// errPortTaken reports that the port chosen for the IPv6 half of a
+// split-stack port 0 Transport is held in the pool already.
+var errPortTaken = fmt.Errorf("port taken by a pooled socket: %w", errAddrInUse)
 
 // Error describes a failed pool operation. It names the operation and the
 // network and address exactly as the caller gave them, plus the normalized

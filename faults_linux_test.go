@@ -6,7 +6,7 @@ import (
 	"github.com/udppool/udppool"
 )
 
-// breakDescriptor replaces c's socket descriptor with /dev/null, as if it
-// had been closed underneath the pool (see the package's own dead-socket
-// test).
-func breakDescriptor(t *testing.T, c *udppool.Conn) { udppool.BreakSocket(t, c) }
+// breakDescriptor replaces the descriptor of tr's socket with /dev/null, as
+// if it had been closed underneath the pool (see the package's own
+// dead-socket test).
+func breakDescriptor(t *testing.T, tr *udppool.Transport) { udppool.BreakTransportSocket(t, tr) }

@@ -8,6 +8,6 @@ import (
 	"github.com/udppool/udppool"
 )
 
-func breakDescriptor(t *testing.T, _ *udppool.Conn) {
+func breakDescriptor(t *testing.T, _ *udppool.Transport) {
 	t.Skip("breaking a descriptor underneath the pool is only done on Linux")
 }

@@ -198,13 +198,7 @@ func TestFaultTransportSocketDies(t *testing.T) {
 	p := pool(t)
 	tr, ln := serve(t, p, "udp4", "127.0.0.1:0")
 	addr := tr.LocalAddr().String()
-	// A handle on the same socket gives access to its descriptor.
-	c, err := p.ListenPacket(context.Background(), "udp4", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	breakDescriptor(t, c)
-	c.Close()
+	breakDescriptor(t, tr)
 	fresh, _ := serve(t, p, "udp4", addr)
 	if tag := handshake(t, v4, netip.AddrPortFrom(v4, portOf(fresh)), "echo"); tag != "srv:" {
 		t.Fatalf("fresh transport: %q", tag)

@@ -111,3 +111,19 @@ func sender(t testing.TB, v6 bool) *net.UDPConn {
 	t.Cleanup(func() { c.Close() })
 	return c.(*net.UDPConn)
 }
+
+// loopbackInterface returns the host's loopback interface.
+func loopbackInterface(t testing.TB) *net.Interface {
+	t.Helper()
+	ifs, err := net.Interfaces()
+	if err != nil {
+		t.Fatalf("listing interfaces: %v", err)
+	}
+	for _, ifi := range ifs {
+		if ifi.Flags&net.FlagLoopback != 0 {
+			return &ifi
+		}
+	}
+	t.Skip("host has no loopback interface")
+	return nil
+}

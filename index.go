@@ -1,6 +1,10 @@
 package udppool
 
-import "sync"
+import (
+	"maps"
+	"sync"
+	"weak"
+)
 
 // spelling is a network and address exactly as a caller wrote them.
 type spelling struct{ network, address string }
@@ -10,7 +14,9 @@ type spelling struct{ network, address string }
 // takes the pool's lock. It is sharded so that acquires of different keys on
 // different cores do not contend. Entries found here may be stale (released
 // or closing): the fast path only takes a reference on an entry that still
-// has one, and falls back to the slow path otherwise.
+// has one, and falls back to the slow path otherwise. The index holds its
+// entries weakly: an entry that left the pool, with its socket and any QUIC
+// transport it had, is not kept alive by a spelling that named it.
 type index struct {
 	shards [indexShards]indexShard
 }
@@ -24,14 +30,14 @@ const (
 
 type indexShard struct {
 	mu sync.RWMutex
-	m  map[spelling]*entry
+	m  map[spelling]weak.Pointer[entry]
 	_  [64]byte // keep shards on separate cache lines
 }
 
 func newIndex() *index {
 	x := new(index)
 	for i := range x.shards {
-		x.shards[i].m = make(map[spelling]*entry)
+		x.shards[i].m = make(map[spelling]weak.Pointer[entry])
 	}
 	return x
 }
@@ -50,17 +56,20 @@ func (x *index) shard(sp spelling) *indexShard {
 func (x *index) get(sp spelling) *entry {
 	s := x.shard(sp)
 	s.mu.RLock()
-	e := s.m[sp]
+	w := s.m[sp]
 	s.mu.RUnlock()
-	return e
+	return w.Value()
 }
 
 func (x *index) put(sp spelling, e *entry) {
 	s := x.shard(sp)
 	s.mu.Lock()
 	if _, ok := s.m[sp]; !ok && len(s.m) >= shardCap {
-		clear(s.m)
+		maps.DeleteFunc(s.m, func(_ spelling, w weak.Pointer[entry]) bool { return w.Value() == nil })
+		if len(s.m) >= shardCap {
+			clear(s.m)
+		}
 	}
-	s.m[sp] = e
+	s.m[sp] = weak.Make(e)
 	s.mu.Unlock()
 }

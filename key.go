@@ -18,8 +18,10 @@ type Key struct {
 	// or "udp" for a dual-stack wildcard socket bound to [::] that serves
 	// IPv4 clients as IPv4-mapped IPv6 addresses.
 	Network string
-	// Addr is the local address and port. IPv4 addresses are unmapped; an
-	// IPv6 link-local address keeps its zone.
+	// Addr is the local address and port. IPv4 addresses are unmapped. A
+	// zone is kept only where the kernel binds it, on link-local
+	// addresses, and always as the interface index ("fe80::1%2"), so
+	// that every spelling of one local socket is one key.
 	Addr netip.AddrPort
 }
 
@@ -104,8 +106,10 @@ func parseKey(ctx context.Context, r resolver, st stack, network, address string
 	if err != nil {
 		return Key{}, false, err
 	}
-	_, hostErr := netip.ParseAddr(host)
-	literal = (host == "" || hostErr == nil) && (service == "" || isNumeric(service))
+	// Zone names are looked up like host names; numeric zones are literal.
+	lit, hostErr := netip.ParseAddr(host)
+	literal = (host == "" || hostErr == nil && (lit.Zone() == "" || isNumeric(lit.Zone()))) &&
+		(service == "" || isNumeric(service))
 	return keyFor(st, network, ip, port), literal, nil
 }
 
@@ -161,6 +165,9 @@ func parseHost(ctx context.Context, r resolver, network, host string) (netip.Add
 	if ip.Is4In6() {
 		ip = ip.Unmap() // Go treats ::ffff:a.b.c.d as the IPv4 address
 	}
+	if ip, err = kernelZone(ip); err != nil {
+		return netip.Addr{}, err
+	}
 	switch {
 	case network == "udp4" && !ip.Is4():
 		return netip.Addr{}, fmt.Errorf("%w: IPv6 address %s on network udp4", ErrInvalidAddress, ip)
@@ -212,4 +219,27 @@ func keyFor(st stack, network string, ip netip.Addr, port uint16) Key {
 	default:
 		return Key{Network: "udp4", Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), port)}
 	}
+}
+
+// kernelZone returns ip with the zone that the kernel binds. An address
+// that needs no scope loses its zone, which the kernel ignores ("[::1%lo]"
+// binds ::1, "[::%lo]" the wildcard); a link-local one gets its interface
+// index, so that "%eth0" and "%2" of the same link are one socket rather
+// than two sockets splitting one reuseport group's datagrams.
+func kernelZone(ip netip.Addr) (netip.Addr, error) {
+	zone := ip.Zone()
+	if zone == "" {
+		return ip, nil
+	}
+	if !ip.IsLinkLocalUnicast() && !ip.IsLinkLocalMulticast() && !ip.IsInterfaceLocalMulticast() {
+		return ip.WithZone(""), nil
+	}
+	if n, err := strconv.ParseUint(zone, 10, 32); err == nil && n > 0 {
+		return ip.WithZone(strconv.FormatUint(n, 10)), nil
+	}
+	ifi, err := net.InterfaceByName(zone)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("%w: zone %q of %s: %w", ErrInvalidAddress, zone, ip.WithZone(""), err)
+	}
+	return ip.WithZone(strconv.Itoa(ifi.Index)), nil
 }

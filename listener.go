@@ -33,14 +33,19 @@ type sharedTransport struct {
 	// stopped is closed when the transport can serve no more: shut down by
 	// its last user, or its socket closed by Pool.Close or found dead.
 	// Waiting Accepts and ReadNonQUICPackets return then.
-	stopOnce sync.Once
-	stopped  chan struct{}
+	stopOnce  sync.Once
+	stopped   chan struct{}
+	stopCause error // why it stopped, if not by its last user; set before stopped closes
 
 	// realMu serializes opening and closing the one quic-go listener, which
 	// quic-go allows only after the previous one has fully closed.
 	realMu     sync.Mutex
 	real       *quic.EarlyListener
 	acceptDone chan struct{}
+	// versions are the QUIC versions the running quic-go listener offers
+	// in version negotiation, which happens before any per-connection
+	// configuration is asked for: every open listener must agree on them.
+	versions []quic.Version
 
 	mu        sync.Mutex
 	listeners []*Listener        // open logical listeners, oldest first
@@ -61,15 +66,27 @@ type nonQUICPacket struct {
 const errorCodeNoListener quic.ApplicationErrorCode = 0x100 // H3_NO_ERROR in HTTP/3
 
 // acquireTransport returns a new reference to the shared transport of the
-// socket of k, creating both as needed.
-func (p *Pool) acquireTransport(ctx context.Context, k Key, settings *quic.Transport) (*sharedTransport, error) {
+// socket of k, creating both as needed. fresh is for the second socket of a
+// split-stack port 0 Transport: it must be a new socket, never one the pool
+// holds already.
+func (p *Pool) acquireTransport(ctx context.Context, k Key, settings *quic.Transport, fresh bool) (*sharedTransport, error) {
 	for {
-		c, err := p.acquire(ctx, k)
+		c, err := p.acquire(ctx, k, acquireOpts{quic: true, fresh: fresh})
 		if err != nil {
 			return nil, err
 		}
 		e := c.entry
 		p.mu.Lock()
+		if p.closed.Load() || e.closing.Load() {
+			// Closed by Pool.Close or found dead since the acquire: a
+			// transport on it would never see a datagram.
+			p.mu.Unlock()
+			c.Close()
+			if p.closed.Load() {
+				return nil, ErrPoolClosed
+			}
+			continue
+		}
 		st := e.qt
 		switch {
 		case st != nil && st.closing:
@@ -95,11 +112,24 @@ func (p *Pool) acquireTransport(ctx context.Context, k Key, settings *quic.Trans
 			}
 			return st, nil
 		}
+		// Claim the socket for QUIC, then make sure no plain handle holds
+		// it: a plain reader would take datagrams from quic-go. The fast
+		// path of ListenPacket does the same in the opposite order (count
+		// its reference, then look at the claim), so one of two racing
+		// acquires always sees the other.
+		e.quic.Store(true)
+		if e.refs.Load() > 1 {
+			e.quic.Store(false)
+			p.mu.Unlock()
+			c.Close()
+			return nil, ErrHasConns
+		}
 		st = &sharedTransport{
 			pool: p, entry: e, conn: c, settings: settings, refs: 1,
 			done: make(chan struct{}), stopped: make(chan struct{}),
 			all: make(map[*Listener]bool),
 		}
+		c.quic = true
 		st.qt = st.newQUICTransport()
 		e.qt = st
 		p.mu.Unlock()
@@ -167,16 +197,39 @@ func sameSetting(a, b reflect.Value) bool {
 }
 
 // halt marks the transport unusable, so that Accept returns instead of
-// waiting for connections that cannot come.
-func (st *sharedTransport) halt() {
-	st.stopOnce.Do(func() { close(st.stopped) })
+// waiting for connections that cannot come. cause is nil when its last
+// user shut it down.
+func (st *sharedTransport) halt(cause error) {
+	st.stopOnce.Do(func() {
+		st.stopCause = cause
+		close(st.stopped)
+	})
 }
 
-// ref adds a reference for a new Listener; the caller holds one already.
-func (st *sharedTransport) ref() {
+// stopErr returns the error of an Accept on a halted transport, nil if it
+// still runs.
+func (st *sharedTransport) stopErr() error {
+	select {
+	case <-st.stopped:
+	default:
+		return nil
+	}
+	if st.stopCause != nil {
+		return fmt.Errorf("%w: %w", quic.ErrServerClosed, st.stopCause)
+	}
+	return quic.ErrServerClosed
+}
+
+// ref adds a reference for a new Listener. It fails if the transport is
+// shutting down: a Listen racing the last Close must not revive it.
+func (st *sharedTransport) ref() bool {
 	st.pool.mu.Lock()
+	defer st.pool.mu.Unlock()
+	if st.closing || st.refs <= 0 {
+		return false
+	}
 	st.refs++
-	st.pool.mu.Unlock()
+	return true
 }
 
 // release drops a reference and shuts the transport down with the last one.
@@ -195,16 +248,38 @@ func (st *sharedTransport) release() {
 	st.closing = true
 	p.mu.Unlock()
 
-	st.halt()
+	st.halt(nil)
 	st.closeReal()
 	st.qt.Close() // stops its reader through st.conn's own deadline
 	st.conn.Close()
 	p.mu.Lock()
-	if st.entry.qt == st {
-		st.entry.qt = nil
-	}
+	st.detach()
 	close(st.done)
 	p.mu.Unlock()
+}
+
+// detach frees the socket for a new transport or plain handles. Pool.mu
+// must be held.
+func (st *sharedTransport) detach() {
+	if st.entry.qt == st {
+		st.entry.qt = nil
+		st.entry.quic.Store(false)
+	}
+}
+
+// failed handles quic-go's transport ending on its own (its reader hit an
+// error it does not retry): the socket stays, and the next Transport
+// request builds a new quic.Transport on it, while the holders of this one
+// get the cause from Accept.
+func (st *sharedTransport) failed(cause error) {
+	st.halt(fmt.Errorf("shared QUIC transport on %v failed: %w", st.entry.key, cause))
+	p := st.pool
+	p.mu.Lock()
+	st.detach()
+	p.mu.Unlock()
+	// quic-go no longer reads: give its reference back now, so that the
+	// socket is free for a new transport while this one's holders leave.
+	st.conn.Close()
 }
 
 // closeReal closes the quic-go listener once no logical listener is left.
@@ -230,19 +305,26 @@ func (st *sharedTransport) addListener(l *Listener) error {
 	st.realMu.Lock()
 	defer st.realMu.Unlock()
 	st.mu.Lock()
+	running := st.real != nil
+	if running && !slices.Equal(versionsOf(l.quic), st.versions) {
+		st.mu.Unlock()
+		return fmt.Errorf("%w: quic.Config.Versions %v differ from %v, offered by the running listeners", ErrTransportConfig, versionsOf(l.quic), st.versions)
+	}
 	st.listeners = append(st.listeners, l)
 	st.all[l] = true
 	st.gens++
 	if l.gen == 0 {
 		l.gen = st.gens
 	}
-	running := st.real != nil
 	st.mu.Unlock()
 	if running {
 		return nil
 	}
 	tlsConf := &tls.Config{GetConfigForClient: st.tlsConfigFor}
 	quicConf := &quic.Config{GetConfigForClient: st.quicConfigFor}
+	if l.quic != nil {
+		quicConf.Versions = l.quic.Versions
+	}
 	real, err := st.qt.ListenEarly(tlsConf, quicConf)
 	if err != nil {
 		st.removeListener(l)
@@ -251,7 +333,7 @@ func (st *sharedTransport) addListener(l *Listener) error {
 	}
 	done := make(chan struct{})
 	st.mu.Lock()
-	st.real, st.acceptDone = real, done
+	st.real, st.acceptDone, st.versions = real, done, versionsOf(l.quic)
 	st.mu.Unlock()
 	go st.acceptLoop(real, done)
 	return nil
@@ -332,11 +414,26 @@ func (st *sharedTransport) quicConfigFor(info *quic.ClientInfo) (*quic.Config, e
 	return conf, nil
 }
 
+// versionsOf returns the QUIC versions conf asks for; nil means quic-go's
+// default.
+func versionsOf(conf *quic.Config) []quic.Version {
+	if conf == nil || len(conf.Versions) == 0 {
+		return nil
+	}
+	return conf.Versions
+}
+
 func (st *sharedTransport) acceptLoop(real *quic.EarlyListener, done chan<- struct{}) {
 	defer close(done)
 	for {
 		conn, err := real.Accept(context.Background())
 		if err != nil {
+			st.mu.Lock()
+			ours := st.real != real // closeReal clears st.real first
+			st.mu.Unlock()
+			if !ours {
+				st.failed(err)
+			}
 			return
 		}
 		var l *Listener
@@ -444,12 +541,16 @@ type Listener struct {
 	gen uint64 // generation: the listeners of a socket are numbered from 1
 
 	mu       sync.Mutex
-	closed   bool                // no more deliveries
-	released bool                // references to the transports dropped
-	done     chan struct{}       // closed with closed
-	queue    chan accepted       // delivered, not yet accepted
-	conns    map[*quic.Conn]bool // accepted and still open
-	drained  chan struct{}       // closed when conns empties after closed
+	closed   bool          // no more deliveries
+	released bool          // references to the transports dropped
+	done     chan struct{} // closed with closed
+	// queue holds connections delivered and not yet accepted. Accept takes
+	// one and starts tracking it in one step under mu, so that a Close or
+	// Shutdown never misses a connection between the two.
+	queue   []accepted
+	avail   chan struct{}       // closed and replaced when queue grows
+	conns   map[*quic.Conn]bool // accepted and still open
+	drained chan struct{}       // closed when conns empties after closed
 }
 
 type accepted struct {
@@ -485,19 +586,23 @@ func (t *Transport) listen(tlsConf *tls.Config, conf *quic.Config, early bool) (
 	}
 	l := &Listener{
 		t: t, early: early, tls: tlsConf, quic: conf, protos: slices.Clone(tlsConf.NextProtos),
-		done: make(chan struct{}), queue: make(chan accepted, acceptQueueLen),
+		done: make(chan struct{}), avail: make(chan struct{}),
 		conns: make(map[*quic.Conn]bool), drained: make(chan struct{}),
 	}
 	for i, st := range t.parts {
-		st.ref()
-		if err := st.addListener(l); err != nil {
+		var err error
+		if !st.ref() {
+			err = net.ErrClosed
+		} else if err = st.addListener(l); err != nil {
+			st.release()
+		}
+		if err != nil {
 			for _, prev := range t.parts[:i] {
 				prev.removeListener(l)
 				prev.forget(l)
 				prev.closeReal()
 				prev.release()
 			}
-			st.release()
 			return nil, &net.OpError{Op: "listen", Net: "udp", Source: t.LocalAddr(), Err: err}
 		}
 	}
@@ -526,37 +631,62 @@ func (l *Listener) isClosed() bool {
 // push queues conn for Accept; false if l is closed.
 func (l *Listener) push(conn *quic.Conn, from *sharedTransport) bool {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	if l.closed {
+		l.mu.Unlock()
 		return false
 	}
-	select {
-	case l.queue <- accepted{conn, from}:
-	default:
+	if len(l.queue) >= acceptQueueLen {
+		l.mu.Unlock()
 		conn.CloseWithError(errorCodeNoListener, "accept queue full")
+		return true
 	}
+	l.queue = append(l.queue, accepted{conn, from})
+	close(l.avail)
+	l.avail = make(chan struct{})
+	l.mu.Unlock()
 	return true
 }
 
 // Accept returns the next connection delivered to l. After Close it returns
-// quic.ErrServerClosed, as quic-go's listeners do.
+// quic.ErrServerClosed, as quic-go's listeners do, and never a connection;
+// if the shared transport stopped (its socket closed by Pool.Close or found
+// dead, or quic-go's transport failed), the error wraps
+// quic.ErrServerClosed and the cause.
 func (l *Listener) Accept(ctx context.Context) (*quic.Conn, error) {
 	var stopped [2]<-chan struct{}
 	for i, st := range l.t.parts {
 		stopped[i] = st.stopped
 	}
-	select {
-	case a := <-l.queue:
-		l.track(a.conn)
-		return a.conn, nil
-	case <-l.done:
-		return nil, quic.ErrServerClosed
-	case <-stopped[0]:
-		return nil, quic.ErrServerClosed
-	case <-stopped[1]:
-		return nil, quic.ErrServerClosed
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	for {
+		l.mu.Lock()
+		if l.closed {
+			l.mu.Unlock()
+			return nil, quic.ErrServerClosed
+		}
+		for _, st := range l.t.parts {
+			if err := st.stopErr(); err != nil {
+				l.mu.Unlock()
+				return nil, err
+			}
+		}
+		if len(l.queue) > 0 {
+			a := l.queue[0]
+			l.queue[0] = accepted{}
+			l.queue = l.queue[1:]
+			l.track(a.conn)
+			l.mu.Unlock()
+			return a.conn, nil
+		}
+		avail := l.avail
+		l.mu.Unlock()
+		select {
+		case <-avail:
+		case <-l.done:
+		case <-stopped[0]:
+		case <-stopped[1]:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
 }
 
@@ -564,11 +694,11 @@ func (l *Listener) Accept(ctx context.Context) (*quic.Conn, error) {
 func (l *Listener) Addr() net.Addr { return l.t.LocalAddr() }
 
 // track counts an accepted connection until it closes, for Shutdown and
-// Stats.
+// Stats. l.mu must be held.
 func (l *Listener) track(conn *quic.Conn) {
-	l.mu.Lock()
 	l.conns[conn] = true
-	l.mu.Unlock()
+	// The function runs on a goroutine of its own, also when conn has
+	// closed already, so it may take l.mu.
 	context.AfterFunc(conn.Context(), func() {
 		l.mu.Lock()
 		delete(l.conns, conn)
@@ -649,10 +779,8 @@ func (l *Listener) stop() bool {
 	l.closed = true
 	close(l.done)
 	l.checkDrained()
-	var pending []accepted
-	for len(l.queue) > 0 {
-		pending = append(pending, <-l.queue)
-	}
+	pending := l.queue
+	l.queue = nil
 	l.mu.Unlock()
 	for _, st := range l.t.parts {
 		st.removeListener(l)

@@ -21,8 +21,8 @@ import (
 type Pool struct {
 	opts options
 
-	stackOnce sync.Once
-	stack     stack
+	stackMu sync.Mutex
+	stack   *stack // nil until probed conclusively
 
 	index *index // spellings to entries, for the fast path
 
@@ -54,6 +54,9 @@ type entry struct {
 	lingerGen int // guarded by Pool.mu; invalidates pending linger timers
 
 	qt *sharedTransport // guarded by Pool.mu; the socket's QUIC transport, if any
+	// quic is set while a shared transport serves the socket (with qt, or
+	// just before it is made): plain handles are refused then.
+	quic atomic.Bool
 }
 
 type options struct {
@@ -87,6 +90,14 @@ func WithReusePort(on bool) Option {
 // that a configuration reload that closes the old handle before it acquires
 // the new one does not close and rebind the port. Zero (the default) closes
 // at once.
+//
+// Nobody reads a lingering socket, so it never lingers in company: if
+// another socket shares its reuseport group (a successor process, say, which
+// would otherwise lose the datagrams that the kernel hashes to the lingering
+// socket), it closes at once, or as soon as the company arrives. Finding
+// company needs Linux; elsewhere a socket bound with SO_REUSEPORT closes at
+// once, and only Windows sockets, which are exclusive, and sockets bound
+// with WithReusePort(false) linger.
 func WithLinger(d time.Duration) Option {
 	return func(o *options) { o.linger = max(d, 0) }
 }
@@ -153,7 +164,7 @@ func (p *Pool) ListenPacket(ctx context.Context, network, address string) (*Conn
 	if err != nil {
 		return nil, opError("listen", network, address, Key{}, err)
 	}
-	c, err := p.acquire(ctx, k)
+	c, err := p.acquire(ctx, k, acquireOpts{})
 	if err != nil {
 		return nil, opError("listen", network, address, k, err)
 	}
@@ -168,8 +179,27 @@ func (p *Pool) parse(ctx context.Context, network, address string) (Key, bool, e
 	if err := ctx.Err(); err != nil {
 		return Key{}, false, err
 	}
-	p.stackOnce.Do(func() { p.stack = probeStack() })
-	return parseKey(ctx, p.opts.lookup, p.stack, network, address)
+	st, err := p.hostStack()
+	if err != nil {
+		return Key{}, false, err
+	}
+	return parseKey(ctx, p.opts.lookup, st, network, address)
+}
+
+// hostStack returns what the host can bind, probing it on first use. An
+// inconclusive probe (no descriptor left, say) is not remembered: a
+// transient failure must not make the pool serve IPv4 only for good.
+func (p *Pool) hostStack() (stack, error) {
+	p.stackMu.Lock()
+	defer p.stackMu.Unlock()
+	if p.stack == nil {
+		st, err := probeStack()
+		if err != nil {
+			return stack{}, err
+		}
+		p.stack = &st
+	}
+	return *p.stack, nil
 }
 
 // fast returns a new handle to a socket the pool holds under spelling sp,
@@ -193,27 +223,50 @@ func (p *Pool) fast(sp spelling) *Conn {
 			break
 		}
 	}
-	if e.closing.Load() {
-		// Dead or closed by Pool.Close while held: the slow path binds
-		// afresh or reports the closed pool.
+	// Dead or closed by Pool.Close while held, or served by a QUIC
+	// transport (see acquireTransport for the order of these checks): the
+	// slow path binds afresh or reports why not.
+	if e.closing.Load() || e.quic.Load() || p.broken(e) {
 		p.release(e)
 		return nil
 	}
 	return p.newConn(e)
 }
 
-func (p *Pool) bindOpts(k Key) bindOpts {
-	// A socket with port 0 never joins a reuseport group: Linux may pick an
-	// ephemeral port that a reuseport socket of this user already holds.
-	return bindOpts{reuse: p.opts.reuse && k.Addr.Port() != 0, control: p.opts.control}
+// broken reports whether e's descriptor was closed or replaced underneath
+// the pool, and if so marks the socket dead, so that no acquire hands it
+// out.
+func (p *Pool) broken(e *entry) bool {
+	err := e.sock.check()
+	if err == nil || errors.Is(err, net.ErrClosed) {
+		return false
+	}
+	p.markDead(e, err)
+	return true
 }
 
-func (p *Pool) acquire(ctx context.Context, k Key) (*Conn, error) {
+// acquireOpts says what an acquire is for.
+type acquireOpts struct {
+	// quic: the handle of a shared transport, not a plain handle.
+	quic bool
+	// fresh: the socket must be new, and bound without SO_REUSEPORT, as a
+	// port 0 socket is; it takes a port chosen for another socket (the
+	// IPv6 half of a split-stack port 0 Transport).
+	fresh bool
+}
+
+func (p *Pool) bindOpts(k Key, o acquireOpts) bindOpts {
+	// A socket with port 0 never joins a reuseport group: Linux may pick an
+	// ephemeral port that a reuseport socket of this user already holds.
+	return bindOpts{reuse: p.opts.reuse && k.Addr.Port() != 0 && !o.fresh, control: p.opts.control}
+}
+
+func (p *Pool) acquire(ctx context.Context, k Key, o acquireOpts) (*Conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	if k.Addr.Port() == 0 {
-		return p.acquireNew(ctx, k)
+		return p.acquireNew(ctx, k, o)
 	}
 	for {
 		p.mu.Lock()
@@ -228,11 +281,12 @@ func (p *Pool) acquire(ctx context.Context, k Key) (*Conn, error) {
 				return nil, err
 			}
 			e = p.newEntry(k)
+			e.quic.Store(o.quic)
 			p.insert(e)
 			p.mu.Unlock()
 			// The bind runs outside Pool.mu so that a slow bind (a
 			// Control function, a resolver) does not hold up other keys.
-			s, err := bind(ctx, k, p.bindOpts(k))
+			s, err := bind(ctx, k, p.bindOpts(k, o))
 			if err == nil {
 				if err = p.refuseForeign(k, s); err != nil {
 					s.conn.Close()
@@ -250,6 +304,23 @@ func (p *Pool) acquire(ctx context.Context, k Key) (*Conn, error) {
 				return nil, ctx.Err()
 			}
 		}
+		if o.fresh {
+			p.mu.Unlock()
+			return nil, errPortTaken
+		}
+		if qt := e.qt; qt != nil && !o.quic {
+			p.mu.Unlock()
+			if !qt.closing {
+				return nil, ErrOwnedByTransport
+			}
+			// Wait until the transport has stopped reading.
+			select {
+			case <-qt.done:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
 		if e.sock != nil {
 			// A socket broken underneath the pool would otherwise be
 			// handed out forever: replace it.
@@ -258,6 +329,11 @@ func (p *Pool) acquire(ctx context.Context, k Key) (*Conn, error) {
 				p.markDead(e, err)
 				continue
 			}
+		}
+		if e.quic.Load() && !o.quic {
+			// Claimed by a transport that its creator is still setting up.
+			p.mu.Unlock()
+			return nil, ErrOwnedByTransport
 		}
 		e.refs.Add(1)
 		e.lingerGen++ // a pending linger timer must not close it now
@@ -300,8 +376,8 @@ func (p *Pool) bound(e *entry, s *socket, err error) (*Conn, error) {
 
 // acquireNew binds a socket for a port 0 key, which is never shared before
 // it exists, and enters it under the port it got.
-func (p *Pool) acquireNew(ctx context.Context, k Key) (*Conn, error) {
-	s, err := bind(ctx, k, p.bindOpts(k))
+func (p *Pool) acquireNew(ctx context.Context, k Key, o acquireOpts) (*Conn, error) {
+	s, err := bind(ctx, k, p.bindOpts(k, o))
 	if err != nil {
 		return nil, err
 	}
@@ -323,6 +399,7 @@ func (p *Pool) acquireNew(ctx context.Context, k Key) (*Conn, error) {
 		return nil, overlapError(held.key)
 	}
 	e := p.newEntry(k)
+	e.quic.Store(o.quic)
 	e.sock = s
 	close(e.ready)
 	p.insert(e)
@@ -400,13 +477,43 @@ func (p *Pool) release(e *entry) error {
 	}
 	if p.opts.linger > 0 {
 		gen := e.lingerGen
-		time.AfterFunc(p.opts.linger, func() { p.expire(e, gen) })
 		p.mu.Unlock()
+		p.linger(e, gen)
 		return nil
 	}
 	e.closing.Store(true)
 	p.mu.Unlock()
 	return p.destroy(e)
+}
+
+// lingerPoll is how often a lingering socket looks for company in its
+// reuseport group.
+var lingerPoll = 100 * time.Millisecond
+
+// linger keeps the released socket of e bound until the linger time ends,
+// unless it is acquired again first (which changes e.lingerGen from gen). A
+// lingering socket has no reader, so it must not stay in a reuseport group
+// beside other sockets, such as a successor process's, whose datagrams it
+// would swallow: it closes as soon as it has company, looked for now and
+// every lingerPoll.
+func (p *Pool) linger(e *entry, gen int) {
+	end := time.Now().Add(p.opts.linger)
+	var check func()
+	check = func() {
+		p.mu.Lock()
+		lingering := e.refs.Load() == 0 && !e.closing.Load() && e.lingerGen == gen
+		p.mu.Unlock()
+		if !lingering {
+			return
+		}
+		left := time.Until(end)
+		if left <= 0 || !e.sock.alone(e.key) {
+			p.expire(e, gen)
+			return
+		}
+		time.AfterFunc(min(left, lingerPoll), check)
+	}
+	check()
 }
 
 // expire closes e when its linger time ends, unless it was acquired since.
@@ -455,12 +562,14 @@ func (p *Pool) Close() error {
 		}
 	}
 	p.mu.Unlock()
+	// Halt first, so that Accepts report the closed pool rather than the
+	// failure of a transport whose socket went away.
+	for _, st := range transports {
+		st.halt(ErrPoolClosed)
+	}
 	var errs []error
 	for _, e := range live {
 		errs = append(errs, p.destroy(e))
-	}
-	for _, st := range transports {
-		st.halt()
 	}
 	return errors.Join(errs...)
 }
@@ -475,6 +584,10 @@ type SocketStats struct {
 	// Dead is the error that killed the socket (see ErrSocketDead). A dead
 	// socket is already closed; it is listed until its holders release it.
 	Dead error
+	// SendErrors counts failed sends by the kind of error, for example
+	// "invalid argument" for a destination with port 0. They fail the one
+	// send and never close the socket.
+	SendErrors map[string]uint64
 	// Listeners lists the QUIC listener generations on the socket that
 	// accept or still have connections, oldest first; during a reload the
 	// old generation drains to zero connections while the new one
@@ -494,6 +607,8 @@ func (p *Pool) Stats() []SocketStats {
 			Refs:      int(e.refs.Load()),
 			Opened:    e.sock.opened,
 			Age:       time.Since(e.sock.opened),
+
+			SendErrors: e.sock.sendErrors.snapshot(),
 		}
 		if cause := e.sock.dead.Load(); cause != nil {
 			st.Dead = *cause

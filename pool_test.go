@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -715,6 +716,8 @@ func (staticResolver) LookupPort(_ context.Context, _, service string) (int, err
 }
 
 func TestKeyTable(t *testing.T) {
+	lo := loopbackInterface(t)
+	loIndex := strconv.Itoa(lo.Index)
 	dual, single := stack{dualStack: true}, stack{}
 	cases := []struct {
 		st               stack
@@ -734,7 +737,13 @@ func TestKeyTable(t *testing.T) {
 		{dual, "udp", "[::ffff:127.0.0.1]:443", "udp4 127.0.0.1:443"},
 		{dual, "udp", "[::1]:443", "udp6 [::1]:443"},
 		{dual, "udp6", "[::1]:443", "udp6 [::1]:443"},
-		{dual, "udp6", "[fe80::1%eth0]:443", "udp6 [fe80::1%eth0]:443"},
+		// Zones as the kernel binds them: an interface index on
+		// link-local addresses, none elsewhere.
+		{dual, "udp6", "[fe80::1%" + lo.Name + "]:443", "udp6 [fe80::1%" + loIndex + "]:443"},
+		{dual, "udp6", "[fe80::1%0" + loIndex + "]:443", "udp6 [fe80::1%" + loIndex + "]:443"},
+		{dual, "udp", "[::1%" + lo.Name + "]:443", "udp6 [::1]:443"},
+		{dual, "udp", "[::%" + lo.Name + "]:443", "udp [::]:443"},
+		{dual, "udp6", "[::%" + loIndex + "]:443", "udp6 [::]:443"},
 		{dual, "udp", "dual.test:443", "udp4 192.0.2.1:443"},
 		{dual, "udp6", "dual.test:443", "udp6 [2001:db8::1]:443"},
 		{dual, "udp", "v6.test:443", "udp6 [2001:db8::2]:443"},

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -23,9 +24,10 @@ type socket struct {
 	// deadline among handles; see gate.
 	gates [2]gate
 
-	inode    uint64
-	failures atomic.Int32          // consecutive failures that may mean death
-	dead     atomic.Pointer[error] // set once the socket is found dead
+	inode      uint64
+	reuse      bool // bound with SO_REUSEPORT: other sockets may join its group
+	sendErrors errorCounts
+	dead       atomic.Pointer[error] // set once the socket is found dead
 }
 
 const (
@@ -77,7 +79,12 @@ func bind(ctx context.Context, k Key, o bindOpts) (*socket, error) {
 		pc.Close()
 		return nil, fmt.Errorf("unexpected %T from net.ListenPacket", pc)
 	}
-	return newSocket(uc)
+	s, err := newSocket(uc)
+	if err != nil {
+		return nil, err
+	}
+	s.reuse = o.reuse
+	return s, nil
 }
 
 func newSocket(uc *net.UDPConn) (*socket, error) {
@@ -108,25 +115,49 @@ func (s *socket) check() error {
 	return nil
 }
 
+// alone reports whether no other socket can share the datagrams of this
+// socket of k: it is not in a reuseport group, or no socket outside the
+// pool has joined its group. Where that cannot be found out, the answer is
+// no.
+func (s *socket) alone(k Key) bool {
+	if !s.reuse || runtime.GOOS == "windows" { // Windows binds exclusively
+		return true
+	}
+	found, err := foreignSockets(k, map[uint64]bool{s.inode: true})
+	return err == nil && len(found) == 0
+}
+
 // localKey returns k with the port the socket really got, for port 0.
 func (s *socket) localKey(k Key) Key {
 	k.Addr = netip.AddrPortFrom(k.Addr.Addr(), uint16(s.laddr.Port))
 	return k
 }
 
-// probeStack finds out whether this host can bind a dual-stack wildcard, by
-// binding one exactly as the pool would.
-func probeStack() stack {
-	can := func(network string) bool {
+// probeStack finds out whether this host can bind a dual-stack wildcard and
+// IPv6 at all, by binding sockets exactly as the pool would. When an IPv6
+// probe fails, an IPv4 socket must bind at the same time for the answer to
+// count: otherwise the failure says nothing about IPv6 (no descriptor left,
+// no memory) and is returned instead of being taken for a host without
+// IPv6.
+func probeStack() (stack, error) {
+	try := func(network string) error {
 		k := Key{Network: network, Addr: netip.AddrPortFrom(netip.IPv6Unspecified(), 0)}
+		if network == "udp4" {
+			k.Addr = netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
+		}
 		s, err := bind(context.Background(), k, bindOpts{})
 		if err != nil {
-			return false
+			return err
 		}
-		s.conn.Close()
-		return true
+		return s.conn.Close()
 	}
-	return stack{dualStack: can("udp"), ipv6: can("udp6")}
+	dual, v6 := try("udp"), try("udp6")
+	if dual != nil || v6 != nil {
+		if err := try("udp4"); err != nil {
+			return stack{}, fmt.Errorf("probing the host's IP stacks: %w", err)
+		}
+	}
+	return stack{dualStack: dual == nil, ipv6: v6 == nil}, nil
 }
 
 // pastDeadline is a deadline that has already expired: setting it on the

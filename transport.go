@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"runtime"
 	"sync/atomic"
-	"syscall"
 
 	"github.com/quic-go/quic-go"
 )
@@ -52,7 +51,7 @@ func WithSplitStack(on bool) Option {
 	return func(o *options) { o.split = &on }
 }
 
-func (p *Pool) splitStack() bool {
+func (p *Pool) splitStack(st stack) bool {
 	if p.opts.split != nil {
 		return *p.opts.split
 	}
@@ -60,7 +59,7 @@ func (p *Pool) splitStack() bool {
 	case "freebsd", "openbsd", "netbsd", "dragonfly":
 		return true
 	}
-	return !p.stack.dualStack
+	return !st.dualStack
 }
 
 // A Transport is one reference to the shared quic.Transport of a pooled
@@ -111,12 +110,16 @@ func (p *Pool) transport(ctx context.Context, network, address string, o transpo
 		return nil, err
 	}
 	keys := []Key{k}
-	if network == "udp" && k.Addr.Addr().IsUnspecified() && p.splitStack() {
+	st, err := p.hostStack() // probed by parse already
+	if err != nil {
+		return nil, err
+	}
+	if network == "udp" && k.Addr.Addr().IsUnspecified() && p.splitStack(st) {
 		keys = []Key{
 			{Network: "udp4", Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), k.Addr.Port())},
 			{Network: "udp6", Addr: netip.AddrPortFrom(netip.IPv6Unspecified(), k.Addr.Port())},
 		}
-		if !p.stack.ipv6 {
+		if !st.ipv6 {
 			keys = keys[:1] // a host without IPv6: serve what it has
 		}
 	}
@@ -131,7 +134,7 @@ func (p *Pool) transport(ctx context.Context, network, address string, o transpo
 		// The second socket of a split-stack port 0 request takes the
 		// port the first one got; if another socket holds it in the other
 		// family, try another port.
-		if keys[0].Addr.Port() == 0 && len(keys) > 1 && errors.Is(err, syscall.EADDRINUSE) && attempt < 8 {
+		if keys[0].Addr.Port() == 0 && len(keys) > 1 && errors.Is(err, errAddrInUse) && attempt < 8 {
 			continue
 		}
 		return nil, opError("transport", network, address, k, err)
@@ -154,10 +157,14 @@ func (p *Pool) transport(ctx context.Context, network, address string, o transpo
 // failure it returns the key that failed; the caller closes t.
 func (t *Transport) acquireParts(ctx context.Context, p *Pool, keys []Key, settings *quic.Transport) (Key, error) {
 	for _, k := range keys {
+		fresh := false
 		if k.Addr.Port() == 0 && len(t.parts) > 0 {
+			// The port was chosen for the first socket: this one must be
+			// as new as a port 0 socket, never joining a group.
 			k.Addr = netip.AddrPortFrom(k.Addr.Addr(), t.parts[0].entry.key.Addr.Port())
+			fresh = true
 		}
-		st, err := p.acquireTransport(ctx, k, settings)
+		st, err := p.acquireTransport(ctx, k, settings, fresh)
 		if err != nil {
 			return k, err
 		}

@@ -492,8 +492,10 @@ func TestNoLeaks(t *testing.T) {
 		r.run(func(t testing.TB) {
 			udppooltest.NoLeaks(t, p)
 			conn := udppooltest.LoopbackIn(t, p, network) // only for its address
+			addr := conn.LocalAddr().String()
+			conn.Close() // a socket is plain or QUIC, never both
 			var err error
-			if tr, err = p.Transport(context.Background(), network, conn.LocalAddr().String()); err != nil {
+			if tr, err = p.Transport(context.Background(), network, addr); err != nil {
 				t.Fatal(err)
 			}
 			if ln, err = tr.Listen(udppooltest.TLS(t).ServerConfig("x"), nil); err != nil {
