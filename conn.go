@@ -29,13 +29,8 @@ type Conn struct {
 	// Only what a handle needs of its own: one is allocated per acquire.
 	entry  *entry
 	closed atomic.Bool
-	// quic marks the handle a shared transport gives quic-go: its read
-	// errors that do not end the socket are reported as temporary, so that
-	// quic-go's reader retries instead of closing the transport for every
-	// connection on it.
-	quic bool
-	dirs [2]dirState
-	leak *leakWatch // nil unless the pool reports leaks
+	dirs   [2]dirState
+	leak   *leakWatch // nil unless the pool reports leaks
 }
 
 // dirState is one direction (read or write) of a handle.
@@ -124,9 +119,6 @@ func (c *Conn) do(dir int, op func() error) error {
 				return net.ErrClosed
 			}
 			c.entry.pool.failed(c.entry, dir, err)
-			if c.quic && dir == dirRead && c.entry.sock.dead.Load() == nil && !errors.Is(err, net.ErrClosed) {
-				return temporaryError{err}
-			}
 			return err
 		}
 		// The socket deadline fired: ours, our Close, or another handle's.
@@ -137,17 +129,6 @@ func (c *Conn) do(dir int, op func() error) error {
 }
 
 func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
-
-// temporaryError marks a read error as worth retrying for quic-go, whose
-// reader retries errors whose Temporary method says so (and ends the
-// transport on any other): an ICMP error queued on the socket, say, must
-// not end every connection of the port.
-type temporaryError struct{ err error }
-
-func (e temporaryError) Error() string   { return e.err.Error() }
-func (e temporaryError) Unwrap() error   { return e.err }
-func (e temporaryError) Temporary() bool { return true }
-func (e temporaryError) Timeout() bool   { return false }
 
 // opError wraps a cause reported by do the way the net package does, so
 // callers can test errors.Is(err, net.ErrClosed) and err.(net.Error).Timeout().

@@ -129,7 +129,6 @@ func (p *Pool) acquireTransport(ctx context.Context, k Key, settings *quic.Trans
 			done: make(chan struct{}), stopped: make(chan struct{}),
 			all: make(map[*Listener]bool),
 		}
-		c.quic = true
 		st.qt = st.newQUICTransport()
 		e.qt = st
 		p.mu.Unlock()

@@ -148,6 +148,34 @@ var (
 	v6 = netip.IPv6Loopback()
 )
 
+// needFamilies skips the test on a host without loopback addresses of the
+// families of addrs.
+func needFamilies(t testing.TB, addrs ...netip.Addr) {
+	t.Helper()
+	for _, a := range addrs {
+		if a.Is4() && !nettest.SupportsIPv4() || a.Is6() && !nettest.SupportsIPv6() {
+			t.Skipf("host has no %v loopback", a)
+		}
+	}
+}
+
+// deadline bounds a blocking step of a test, so that a bug fails the test
+// instead of hanging it; it is never asserted as a duration.
+func deadline() time.Time { return time.Now().Add(quicTimeout) }
+
+// waitFor polls cond until it holds, failing the test if it does not
+// within quicTimeout. For conditions that no event announces (counters of
+// the pool); the poll interval is no timing assumption.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	for end := deadline(); !cond(); {
+		if time.Now().After(end) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func portOf(tr *udppool.Transport) uint16 {
 	return uint16(tr.LocalAddr().(*net.UDPAddr).Port)
 }

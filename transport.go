@@ -236,8 +236,9 @@ func (t *Transport) part(op string, addr net.Addr) (*sharedTransport, error) {
 // destination returns the IP address of a UDP destination, unmapped.
 func destination(op string, addr net.Addr) (netip.Addr, error) {
 	ua, ok := addr.(*net.UDPAddr)
-	if !ok {
-		return netip.Addr{}, &net.OpError{Op: op, Net: "udp", Addr: addr, Err: fmt.Errorf("%w: not a *net.UDPAddr: %T", ErrFamily, addr)}
+	if !ok || ua == nil {
+		// A nil *net.UDPAddr would crash inside quic-go.
+		return netip.Addr{}, &net.OpError{Op: op, Net: "udp", Err: fmt.Errorf("%w: not a *net.UDPAddr: %T (%v)", ErrFamily, addr, addr)}
 	}
 	return ua.AddrPort().Addr().Unmap(), nil
 }
