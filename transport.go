@@ -82,9 +82,12 @@ type Transport struct {
 // served by one dual-stack socket, or by an IPv4 and an IPv6 socket where
 // split-stack applies (see WithSplitStack).
 //
-// Do not read from a socket that a Transport serves through a *Conn of the
-// same key: each datagram goes to one reader, and quic-go must see them all.
-// Use ReadNonQUICPacket for other traffic on the port.
+// Each datagram goes to one reader, and quic-go must see them all, so a
+// socket is served either by plain handles or by one QUIC transport: a
+// Transport request for a socket that ListenPacket handles hold fails with
+// ErrHasConns, and a ListenPacket of a socket that a Transport serves fails
+// with ErrOwnedByTransport. Other traffic on a QUIC port goes through
+// ReadNonQUICPacket and WriteTo.
 func (p *Pool) Transport(ctx context.Context, network, address string, opts ...TransportOption) (*Transport, error) {
 	var o transportOptions
 	for _, opt := range opts {
