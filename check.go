@@ -3,6 +3,7 @@ package udppool
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 )
 
@@ -89,7 +90,11 @@ func (p *Pool) refuseForeign(k Key, s *socket) error {
 	ours := p.inodes()
 	p.mu.Unlock()
 	ours[s.inode] = true
-	return foreignError(k, ours)
+	err := foreignError(k, ours)
+	if err != nil {
+		p.opts.log.Warn("udppool: bind refused", keyAttr(k), slog.Any("error", err))
+	}
+	return err
 }
 
 func foreignError(k Key, ours map[uint64]bool) error {

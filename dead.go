@@ -3,6 +3,7 @@ package udppool
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net"
 	"sync"
@@ -42,8 +43,9 @@ func (p *Pool) failed(e *entry, dir int, err error) {
 		p.markDead(e, cerr)
 		return
 	}
-	if dir == dirWrite {
-		e.sock.sendErrors.add(err)
+	if dir == dirWrite && e.sock.sendErrors.add(err) {
+		p.opts.log.Warn("udppool: send failed; the socket stays, and further errors of this kind are only counted in Stats",
+			keyAttr(e.key), slog.Any("error", err))
 	}
 }
 
@@ -70,6 +72,7 @@ func (p *Pool) markDead(e *entry, cause error) {
 	}
 	e.sock.conn.Close()
 	close(e.done)
+	p.opts.log.Error("udppool: socket dead; the next acquire binds a new one", keyAttr(e.key), slog.Any("cause", cause))
 	if p.opts.onDead != nil {
 		p.opts.onDead(e.key, cause)
 	}
@@ -93,7 +96,8 @@ type errorCounts struct {
 	m  map[string]uint64
 }
 
-func (ec *errorCounts) add(err error) {
+// add counts err and reports whether it is the first of its kind.
+func (ec *errorCounts) add(err error) (first bool) {
 	for {
 		inner := errors.Unwrap(err)
 		if inner == nil {
@@ -110,7 +114,9 @@ func (ec *errorCounts) add(err error) {
 		kind = "other"
 	}
 	ec.m[kind]++
+	first = ec.m[kind] == 1
 	ec.mu.Unlock()
+	return first
 }
 
 // snapshot returns a copy of the counts, nil if there are none.

@@ -2,6 +2,7 @@ package udppool
 
 import (
 	"fmt"
+	"log/slog"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -44,9 +45,11 @@ func watch[T any](p *Pool, obj *T, kind string, k Key, release func()) *leakWatc
 	}
 	w := new(leakWatch)
 	leak := Leak{Key: k, Kind: kind, Site: callSite()}
-	report := p.opts.onLeak
+	report, log := p.opts.onLeak, p.opts.log
 	runtime.AddCleanup(obj, func(w *leakWatch) {
 		if !w.closed.Load() {
+			log.Warn("udppool: handle garbage-collected without Close; released", keyAttr(leak.Key),
+				slog.String("kind", leak.Kind), slog.String("site", leak.Site))
 			report(leak)
 			release()
 		}

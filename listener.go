@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net"
 	"reflect"
@@ -54,6 +55,10 @@ type sharedTransport struct {
 
 	pumpOnce sync.Once
 	packets  chan nonQUICPacket
+
+	// refused counts handshaken connections the pool closed because no
+	// listener could take them (none open, or its queue full).
+	refused atomic.Uint64
 }
 
 type nonQUICPacket struct {
@@ -271,6 +276,8 @@ func (st *sharedTransport) detach() {
 // request builds a new quic.Transport on it, while the holders of this one
 // get the cause from Accept.
 func (st *sharedTransport) failed(cause error) {
+	st.pool.opts.log.Error("udppool: shared QUIC transport failed; the next Transport request builds a new one",
+		keyAttr(st.entry.key), slog.Any("cause", cause))
 	st.halt(fmt.Errorf("shared QUIC transport on %v failed: %w", st.entry.key, cause))
 	p := st.pool
 	p.mu.Lock()
@@ -316,6 +323,8 @@ func (st *sharedTransport) addListener(l *Listener) error {
 		l.gen = st.gens
 	}
 	st.mu.Unlock()
+	st.pool.opts.log.Info("udppool: listener generation opened", keyAttr(st.entry.key), genAttr(l.gen),
+		slog.Any("protocols", l.protos))
 	if running {
 		return nil
 	}
@@ -453,6 +462,7 @@ func (st *sharedTransport) deliver(conn *quic.Conn, l *Listener) {
 			l = st.pick(negotiated(conn), false)
 		}
 		if l == nil {
+			st.refused.Add(1)
 			conn.CloseWithError(errorCodeNoListener, "no listener")
 			return
 		}
@@ -546,10 +556,11 @@ type Listener struct {
 	// queue holds connections delivered and not yet accepted. Accept takes
 	// one and starts tracking it in one step under mu, so that a Close or
 	// Shutdown never misses a connection between the two.
-	queue   []accepted
-	avail   chan struct{}       // closed and replaced when queue grows
-	conns   map[*quic.Conn]bool // accepted and still open
-	drained chan struct{}       // closed when conns empties after closed
+	queue    []accepted
+	avail    chan struct{}       // closed and replaced when queue grows
+	conns    map[*quic.Conn]bool // accepted and still open
+	accepted uint64              // connections ever accepted
+	drained  chan struct{}       // closed when conns empties after closed
 }
 
 type accepted struct {
@@ -636,6 +647,7 @@ func (l *Listener) push(conn *quic.Conn, from *sharedTransport) bool {
 	}
 	if len(l.queue) >= acceptQueueLen {
 		l.mu.Unlock()
+		from.refused.Add(1)
 		conn.CloseWithError(errorCodeNoListener, "accept queue full")
 		return true
 	}
@@ -689,6 +701,8 @@ func (l *Listener) Accept(ctx context.Context) (*quic.Conn, error) {
 	}
 }
 
+func (l *Listener) log() *slog.Logger { return l.t.parts[0].pool.opts.log }
+
 // Addr returns the local address of the Transport.
 func (l *Listener) Addr() net.Addr { return l.t.LocalAddr() }
 
@@ -696,6 +710,7 @@ func (l *Listener) Addr() net.Addr { return l.t.LocalAddr() }
 // Stats. l.mu must be held.
 func (l *Listener) track(conn *quic.Conn) {
 	l.conns[conn] = true
+	l.accepted++
 	// The function runs on a goroutine of its own, also when conn has
 	// closed already, so it may take l.mu.
 	context.AfterFunc(conn.Context(), func() {
@@ -725,6 +740,7 @@ func (l *Listener) checkDrained() {
 		case <-l.drained:
 		default:
 			close(l.drained)
+			l.log().Info("udppool: listener generation drained", keyAttr(l.t.key), genAttr(l.gen))
 		}
 	}
 }
@@ -780,7 +796,10 @@ func (l *Listener) stop() bool {
 	l.checkDrained()
 	pending := l.queue
 	l.queue = nil
+	conns := len(l.conns)
 	l.mu.Unlock()
+	l.log().Info("udppool: listener generation retired", keyAttr(l.t.key), genAttr(l.gen),
+		slog.Int("conns", conns))
 	for _, st := range l.t.parts {
 		st.removeListener(l)
 	}
@@ -816,6 +835,7 @@ type ListenerStats struct {
 	Generation uint64   // listeners of a socket are numbered from 1
 	Accepting  bool     // false once closed, while its connections drain
 	Conns      int      // connections it accepted that are still open
+	Accepted   uint64   // connections it ever accepted
 	Protocols  []string // its ALPN protocols
 }
 
@@ -827,7 +847,7 @@ func (st *sharedTransport) stats() []ListenerStats {
 	out := make([]ListenerStats, 0, len(st.all))
 	for l := range st.all {
 		l.mu.Lock()
-		out = append(out, ListenerStats{Generation: l.gen, Accepting: !l.closed, Conns: len(l.conns), Protocols: l.protos})
+		out = append(out, ListenerStats{Generation: l.gen, Accepting: !l.closed, Conns: len(l.conns), Accepted: l.accepted, Protocols: l.protos})
 		l.mu.Unlock()
 	}
 	slices.SortFunc(out, func(a, b ListenerStats) int { return cmp.Compare(a.Generation, b.Generation) })

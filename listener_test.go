@@ -300,4 +300,9 @@ func TestPlainOrQUIC(t *testing.T) {
 	if tag := handshake(t, v4, netip.AddrPortFrom(v4, portOf(tr2)), "echo"); tag != "srv:" {
 		t.Fatalf("handshake: %q", tag)
 	}
+	for _, st := range p.Stats() {
+		if st.Key.Addr.String() == plainAddr && (len(st.Listeners) != 1 || st.Listeners[0].Accepted != 1) {
+			t.Fatalf("stats after one handshake: %+v", st)
+		}
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"slices"
 	"sync"
@@ -67,6 +68,7 @@ type options struct {
 	split   *bool // nil: the platform's default
 	onDead  func(Key, error)
 	onLeak  func(Leak)
+	log     *slog.Logger
 
 	refuseForeign bool
 }
@@ -112,7 +114,7 @@ func WithControl(fn func(network, address string, c syscall.RawConn) error) Opti
 // New returns an empty pool.
 func New(opts ...Option) *Pool {
 	p := &Pool{
-		opts:    options{reuse: true, lookup: net.DefaultResolver},
+		opts:    options{reuse: true, lookup: net.DefaultResolver, log: discardLogger},
 		index:   newIndex(),
 		entries: make(map[Key]*entry),
 		dead:    make(map[*entry]struct{}),
@@ -371,6 +373,7 @@ func (p *Pool) bound(e *entry, s *socket, err error) (*Conn, error) {
 	e.sock = s
 	close(e.ready)
 	p.mu.Unlock()
+	p.opts.log.Debug("udppool: socket bound", keyAttr(e.key), slog.String("local", s.laddr.String()))
 	return p.newConn(e), nil
 }
 
@@ -403,6 +406,7 @@ func (p *Pool) acquireNew(ctx context.Context, k Key, o acquireOpts) (*Conn, err
 	e.sock = s
 	close(e.ready)
 	p.insert(e)
+	p.opts.log.Debug("udppool: socket bound", keyAttr(k), slog.String("local", s.laddr.String()))
 	return p.newConn(e), nil
 }
 
@@ -507,7 +511,12 @@ func (p *Pool) linger(e *entry, gen int) {
 			return
 		}
 		left := time.Until(end)
-		if left <= 0 || !e.sock.alone(e.key) {
+		if left <= 0 {
+			p.expire(e, gen)
+			return
+		}
+		if !e.sock.alone(e.key) {
+			p.opts.log.Info("udppool: lingering socket closed: another socket shares its reuseport group", keyAttr(e.key))
 			p.expire(e, gen)
 			return
 		}
@@ -537,6 +546,7 @@ func (p *Pool) destroy(e *entry) error {
 	p.remove(e)
 	close(e.done)
 	p.mu.Unlock()
+	p.opts.log.Debug("udppool: socket closed", keyAttr(e.key))
 	return err
 }
 
@@ -594,6 +604,10 @@ type SocketStats struct {
 	// accepts. Generation is the newest generation's number.
 	Listeners  []ListenerStats
 	Generation uint64
+	// ConnsRefused counts QUIC connections that completed a handshake but
+	// that the pool closed because no listener could take them: none was
+	// open, or the newest one's accept queue was full.
+	ConnsRefused uint64
 }
 
 // Stats returns a snapshot of the pool's sockets, sorted by key.
@@ -631,6 +645,7 @@ func (p *Pool) Stats() []SocketStats {
 	}
 	p.mu.Unlock()
 	for i, st := range transports {
+		stats[i].ConnsRefused = st.refused.Load()
 		stats[i].Listeners = st.stats()
 		if n := len(stats[i].Listeners); n > 0 {
 			stats[i].Generation = stats[i].Listeners[n-1].Generation
