@@ -39,8 +39,8 @@ func (p *Pool) failed(e *entry, dir int, err error) {
 	if errors.Is(err, net.ErrClosed) {
 		return // closed by the pool: every holder sees net.ErrClosed
 	}
-	if cerr := e.sock.check(); cerr != nil && !errors.Is(cerr, net.ErrClosed) {
-		p.markDead(e, cerr)
+	if cerr := e.sock.check(); cerr != nil {
+		p.markDead(e, cerr) // no-op if the pool closed it meanwhile
 		return
 	}
 	if dir == dirWrite && e.sock.sendErrors.add(err) {

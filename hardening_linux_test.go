@@ -176,10 +176,12 @@ func drain(t *testing.T, c *net.UDPConn) int {
 	return n
 }
 
-// TestFastPathRefusesBrokenSocket: a socket whose descriptor was replaced
-// underneath the pool is not handed out by the fast path (a cached
-// spelling) either: the acquire gets a fresh, working socket.
-func TestFastPathRefusesBrokenSocket(t *testing.T) {
+// TestFastPathAndBrokenSocket: the fast path (a cached spelling) does not
+// ask the descriptor, which would cost a system call per acquire; a socket
+// whose descriptor was replaced underneath the pool is found by the first
+// operation on it, which fails with ErrSocketDead, and the next acquire,
+// through the fast path too, gets a fresh, working socket.
+func TestFastPathAndBrokenSocket(t *testing.T) {
 	needIPv4(t)
 	p := newPool(t)
 	a := listen(t, p, "udp4", "127.0.0.1:0")
@@ -190,15 +192,20 @@ func TestFastPathRefusesBrokenSocket(t *testing.T) {
 	}
 	breakSocket(t, a)
 	c := listen(t, p, "udp4", addr)
-	defer c.Close()
-	if c.entry == a.entry {
-		t.Fatal("the fast path handed out a broken socket")
+	if _, err := c.WriteTo([]byte("x"), c.LocalAddr()); c.entry == a.entry && !errors.Is(err, ErrSocketDead) {
+		t.Fatalf("first send on a broken socket: %v, want ErrSocketDead", err)
 	}
-	if _, err := c.WriteTo([]byte("x"), c.LocalAddr()); err != nil {
+	d := listen(t, p, "udp4", addr)
+	defer d.Close()
+	if d.entry == a.entry {
+		t.Fatal("an acquire after the socket was found dead got it again")
+	}
+	if _, err := d.WriteTo([]byte("x"), d.LocalAddr()); err != nil {
 		t.Fatalf("fresh socket: %v", err)
 	}
 	a.Close()
 	b.Close()
+	c.Close()
 }
 
 // TestIndexHoldsEntriesWeakly: a spelling cached by the fast path does not

@@ -228,23 +228,18 @@ func (p *Pool) fast(sp spelling) *Conn {
 	// Dead or closed by Pool.Close while held, or served by a QUIC
 	// transport (see acquireTransport for the order of these checks): the
 	// slow path binds afresh or reports why not.
-	if e.closing.Load() || e.quic.Load() || p.broken(e) {
+	//
+	// The descriptor itself is not asked here, unlike on the slow path: a
+	// system call would cost more than the rest of the acquire. A
+	// descriptor closed underneath the pool is found by the first
+	// operation on it, which fails with ErrSocketDead and makes the next
+	// acquire bind afresh; a check here could not do better, since the
+	// descriptor may be closed just after it.
+	if e.closing.Load() || e.quic.Load() {
 		p.release(e)
 		return nil
 	}
 	return p.newConn(e)
-}
-
-// broken reports whether e's descriptor was closed or replaced underneath
-// the pool, and if so marks the socket dead, so that no acquire hands it
-// out.
-func (p *Pool) broken(e *entry) bool {
-	err := e.sock.check()
-	if err == nil || errors.Is(err, net.ErrClosed) {
-		return false
-	}
-	p.markDead(e, err)
-	return true
 }
 
 // acquireOpts says what an acquire is for.

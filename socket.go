@@ -24,6 +24,7 @@ type socket struct {
 	// deadline among handles; see gate.
 	gates [2]gate
 
+	fd         uintptr // the descriptor, for check
 	inode      uint64
 	reuse      bool // bound with SO_REUSEPORT: other sockets may join its group
 	sendErrors errorCounts
@@ -97,20 +98,25 @@ func newSocket(uc *net.UDPConn) (*socket, error) {
 	// The inode identifies the socket in the kernel's tables (see Check);
 	// 0 where the platform has none.
 	s.inode, _ = socketInode(raw)
+	if err := raw.Control(func(fd uintptr) { s.fd = fd }); err != nil {
+		uc.Close()
+		return nil, err
+	}
 	s.gates[dirRead].init(uc.SetReadDeadline)
 	s.gates[dirWrite].init(uc.SetWriteDeadline)
 	return s, nil
 }
 
 // check reports an error if the socket's descriptor was closed or replaced
-// underneath the pool.
+// underneath the pool. It asks the descriptor number recorded at bind time
+// directly, without the net package's bookkeeping, so that it costs one
+// system call and no allocation on the fast path of an acquire. Once the
+// pool itself has closed the socket the number may name another
+// descriptor; callers look at the entry's closing flag, which is set
+// before the pool closes a socket, before they believe a failure.
 func (s *socket) check() error {
-	var cerr error
-	if err := s.raw.Control(func(fd uintptr) { cerr = checkSocket(fd) }); err != nil {
-		return err
-	}
-	if cerr != nil {
-		return os.NewSyscallError("getsockopt", cerr)
+	if err := checkSocket(s.fd); err != nil {
+		return os.NewSyscallError("getsockopt", err)
 	}
 	return nil
 }
