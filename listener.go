@@ -276,10 +276,18 @@ func (st *sharedTransport) detach() {
 // request builds a new quic.Transport on it, while the holders of this one
 // get the cause from Accept.
 func (st *sharedTransport) failed(cause error) {
+	p := st.pool
+	p.mu.Lock()
+	// Shut down by its last user, halted with its socket (Pool.Close, a
+	// dead descriptor), or noticed already.
+	known := st.closing || st.entry.qt != st || st.stopErr() != nil
+	p.mu.Unlock()
+	if known {
+		return
+	}
 	st.pool.opts.log.Error("udppool: shared QUIC transport failed; the next Transport request builds a new one",
 		keyAttr(st.entry.key), slog.Any("cause", cause))
 	st.halt(fmt.Errorf("shared QUIC transport on %v failed: %w", st.entry.key, cause))
-	p := st.pool
 	p.mu.Lock()
 	st.detach()
 	p.mu.Unlock()
@@ -429,6 +437,15 @@ func versionsOf(conf *quic.Config) []quic.Version {
 		return nil
 	}
 	return conf.Versions
+}
+
+// noticeClosed handles an error of quic-go's transport that says it has
+// closed: if the pool did not close it, it failed on its own (a transport
+// that only dials has no accept loop to notice).
+func (st *sharedTransport) noticeClosed(err error) {
+	if errors.Is(err, quic.ErrTransportClosed) {
+		st.failed(err)
+	}
 }
 
 func (st *sharedTransport) acceptLoop(real *quic.EarlyListener, done chan<- struct{}) {

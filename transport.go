@@ -266,7 +266,9 @@ func (t *Transport) Dial(ctx context.Context, addr net.Addr, tlsConf *tls.Config
 	if err != nil {
 		return nil, err
 	}
-	return st.qt.Dial(ctx, addr, tlsConf, conf)
+	conn, err := st.qt.Dial(ctx, addr, tlsConf, conf)
+	st.noticeClosed(err)
+	return conn, err
 }
 
 // DialEarly is like Dial but may send 0-RTT data.
@@ -275,7 +277,9 @@ func (t *Transport) DialEarly(ctx context.Context, addr net.Addr, tlsConf *tls.C
 	if err != nil {
 		return nil, err
 	}
-	return st.qt.DialEarly(ctx, addr, tlsConf, conf)
+	conn, err := st.qt.DialEarly(ctx, addr, tlsConf, conf)
+	st.noticeClosed(err)
+	return conn, err
 }
 
 // WriteTo sends a non-QUIC datagram from the pooled socket.
