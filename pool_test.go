@@ -115,6 +115,59 @@ func TestDistinctKeys(t *testing.T) {
 	}
 }
 
+// TestFastPathKeepsNetwork: once the fast path has learnt a spelling of one
+// network, the same address in another network is still its own socket.
+// "udp4" ":P" and "udp6" ":P" differ only in the network, so an index that
+// forgot the network would hand the second caller the first one's socket.
+func TestFastPathKeepsNetwork(t *testing.T) {
+	needIPv4(t)
+	needIPv6(t)
+	for _, order := range [][2]string{{"udp4", "udp6"}, {"udp6", "udp4"}} {
+		t.Run(order[0]+" first", func(t *testing.T) {
+			p := newPool(t)
+			first := listen(t, p, order[0], ":0")
+			defer first.Close()
+			addr := fmt.Sprintf(":%d", port(first))
+			// The slow path enters this spelling in the fast-path index,
+			// the next request of it takes the fast path.
+			again := listen(t, p, order[0], addr)
+			defer again.Close()
+			cached := listen(t, p, order[0], addr)
+			defer cached.Close()
+			if cached.Key() != first.Key() || refs(p, first.Key()) != 3 {
+				t.Fatalf("%s %s: key %v with %d refs, want %v with 3", order[0], addr, cached.Key(), refs(p, first.Key()), first.Key())
+			}
+
+			other := listen(t, p, order[1], addr)
+			defer other.Close()
+			want := Key{Network: order[1], Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), port(first))}
+			if order[1] == "udp6" {
+				want.Addr = netip.AddrPortFrom(netip.IPv6Unspecified(), port(first))
+			}
+			if other.Key() != want {
+				t.Fatalf("%s %s: key %v, want %v (a socket of its own)", order[1], addr, other.Key(), want)
+			}
+			if n := len(p.Stats()); n != 2 {
+				t.Fatalf("pool holds %d sockets, want 2", n)
+			}
+			// Each family's datagram reaches the socket of its network.
+			for _, c := range []*Conn{first, other} {
+				v6 := c.Key().Network == "udp6"
+				msg := "to " + c.Key().Network
+				if _, err := sender(t, v6).WriteTo([]byte(msg), net.UDPAddrFromAddrPort(loopbackAddr(c, v6))); err != nil {
+					t.Fatal(err)
+				}
+				c.SetReadDeadline(time.Now().Add(testTimeout))
+				buf := make([]byte, 64)
+				n, from, err := c.ReadFromUDPAddrPort(buf)
+				if err != nil || string(buf[:n]) != msg {
+					t.Fatalf("%v: read %q from %v, %v; want %q", c.Key(), buf[:n], from, err, msg)
+				}
+			}
+		})
+	}
+}
+
 func TestPortZeroOpensNewSocket(t *testing.T) {
 	needIPv4(t)
 	p := newPool(t)
