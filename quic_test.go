@@ -300,6 +300,53 @@ func TestReloadHandOff(t *testing.T) {
 	waitNew()
 }
 
+// TestNewestListenerTakesHandshakes: with several listeners of one protocol
+// open at once (a reload whose old generations have not closed yet), every
+// new handshake goes to the newest; closing it hands new handshakes to the
+// newest that is left, never to an older one.
+func TestNewestListenerTakesHandshakes(t *testing.T) {
+	if !nettest.SupportsIPv4() {
+		t.Skip("no IPv4 loopback")
+	}
+	p := pool(t)
+	tr, err := p.Transport(context.Background(), "udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	dst := netip.AddrPortFrom(v4, portOf(tr))
+	var lns []*udppool.Listener
+	var waits []func()
+	for gen := 1; gen <= 3; gen++ {
+		ln, err := tr.Listen(certs().Server("echo"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lns = append(lns, ln)
+		waits = append(waits, echoServer(ln, fmt.Sprintf("gen%d:", gen)))
+	}
+	defer func() {
+		for i, ln := range lns {
+			ln.Close()
+			waits[i]()
+		}
+	}()
+	if st := p.Stats(); len(st) != 1 || st[0].Generation != 3 || len(st[0].Listeners) != 3 {
+		t.Fatalf("stats with three listeners open: %+v", st)
+	}
+	for newest := 3; newest >= 1; newest-- {
+		want := fmt.Sprintf("gen%d:", newest)
+		for range 2 {
+			if tag := handshake(t, v4, dst, "echo"); tag != want {
+				t.Fatalf("with generations 1 to %d open, a new handshake reached %q, want %q", newest, tag, want)
+			}
+		}
+		if err := lns[newest-1].Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestALPNRouting: listeners for different protocols share one port; a
 // handshake for a protocol nobody serves fails without disturbing the rest.
 func TestALPNRouting(t *testing.T) {
