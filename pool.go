@@ -532,11 +532,15 @@ func (p *Pool) expire(e *entry, gen int) {
 	p.destroy(e)
 }
 
+// closeSocket closes the socket in destroy. Tests replace it to act at the
+// moment of the close, before the entry may leave the pool.
+var closeSocket = (*net.UDPConn).Close
+
 // destroy closes the socket of an entry marked closing, then removes the
 // entry. Until then the entry stays in the map and new acquires of its key
 // wait on done, so they never bind beside a socket that is still open.
 func (p *Pool) destroy(e *entry) error {
-	err := e.sock.conn.Close()
+	err := closeSocket(e.sock.conn)
 	p.mu.Lock()
 	p.remove(e)
 	close(e.done)

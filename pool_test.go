@@ -538,11 +538,9 @@ func TestConcurrentLastRelease(t *testing.T) {
 			for range 20 {
 				c, err := p.ListenPacket(context.Background(), "udp4", addr)
 				if err != nil {
-					// Only a foreign process could take the port in
-					// between; anything else is a pool bug.
-					if !errors.Is(err, syscall.EADDRINUSE) {
-						t.Error(err)
-					}
+					// EADDRINUSE here means a second socket bound
+					// beside one that was still closing.
+					t.Error(err)
 					return
 				}
 				c.Close()
@@ -550,6 +548,64 @@ func TestConcurrentLastRelease(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// TestAcquireWaitsForClose stops the last release at the moment its socket
+// closes and starts an acquire of the same key then: the acquire must wait
+// for the close and then bind a fresh socket, never bind a second socket
+// beside the closing one (which, without SO_REUSEPORT, fails with
+// EADDRINUSE). The bubble makes "the acquire is waiting" a fact rather than
+// a guess: synctest.Wait returns once it is durably blocked.
+func TestAcquireWaitsForClose(t *testing.T) {
+	needIPv4(t)
+	synctest.Test(t, func(t *testing.T) {
+		p := New(WithReusePort(false))
+		defer p.Close()
+		old := listen(t, p, "udp4", "127.0.0.1:0")
+		oldSock := old.entry.sock
+		addr := old.LocalAddr().String()
+		type result struct {
+			c   *Conn
+			err error
+		}
+		acquired := make(chan result, 1)
+		var raced bool
+		closeSocket = func(c *net.UDPConn) error {
+			if c == oldSock.conn && !raced {
+				raced = true
+				go func() {
+					c, err := p.ListenPacket(context.Background(), "udp4", addr)
+					acquired <- result{c, err}
+				}()
+				synctest.Wait()
+				select {
+				case r := <-acquired:
+					t.Errorf("acquire during the close of the last handle returned (%v, %v) before the socket closed", r.c, r.err)
+					acquired <- r
+				default:
+				}
+			}
+			return c.Close()
+		}
+		defer func() { closeSocket = (*net.UDPConn).Close }()
+		if err := old.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if !raced {
+			t.Fatal("closing the last handle did not close the socket")
+		}
+		r := <-acquired
+		if r.err != nil {
+			t.Fatalf("acquire after the close: %v", r.err)
+		}
+		defer r.c.Close()
+		if r.c.entry.sock == oldSock {
+			t.Fatal("acquire after the close got the closed socket back")
+		}
+		if st := p.Stats(); len(st) != 1 || st[0].Refs != 1 {
+			t.Fatalf("stats after the acquire: %+v, want one socket with one reference", st)
+		}
+	})
 }
 
 func TestOverlapGuard(t *testing.T) {
