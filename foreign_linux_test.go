@@ -357,9 +357,9 @@ func foreignOf(t *testing.T, c syscaller) ForeignSocket {
 type rawSocket int
 
 func (s rawSocket) SyscallConn() (syscall.RawConn, error) { return s, nil }
-func (s rawSocket) Control(f func(uintptr)) error      { f(uintptr(s)); return nil }
-func (s rawSocket) Read(func(uintptr) bool) error      { return errors.ErrUnsupported }
-func (s rawSocket) Write(func(uintptr) bool) error     { return errors.ErrUnsupported }
+func (s rawSocket) Control(f func(uintptr)) error         { f(uintptr(s)); return nil }
+func (s rawSocket) Read(func(uintptr) bool) error         { return errors.ErrUnsupported }
+func (s rawSocket) Write(func(uintptr) bool) error        { return errors.ErrUnsupported }
 
 // bindRaw binds an AF_INET6 UDP socket to addr with SO_REUSEPORT and the
 // given IPV6_V6ONLY, which also binds what package net refuses to (an
