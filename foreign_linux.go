@@ -60,19 +60,25 @@ func foreignSockets(k Key, ours map[uint64]bool) ([]ForeignSocket, error) {
 	if k.Addr.Port() == 0 {
 		return nil, nil // only bound sockets are listed, and none has port 0
 	}
-	socks, err := diagUDP(k.Addr.Port())
-	if errors.Is(err, errNoSockDiag) {
-		var perr error
-		if socks, perr = procUDP(); perr != nil {
-			err = errors.Join(err, perr)
-		} else {
-			err = nil
-		}
-	}
+	socks, err := listUDP(k.Addr.Port(), diagUDP)
 	if err != nil {
 		return nil, fmt.Errorf("foreign socket detection: %w", err)
 	}
 	return filterForeign(k, ours, socks), nil
+}
+
+// listUDP lists the UDP sockets on port (and, from /proc, others too)
+// through diag, or from /proc where diag finds no sock_diag for UDP.
+func listUDP(port uint16, diag func(uint16) ([]udpSocket, error)) ([]udpSocket, error) {
+	socks, err := diag(port)
+	if !errors.Is(err, errNoSockDiag) {
+		return socks, err
+	}
+	socks, perr := procUDP()
+	if perr != nil {
+		return nil, errors.Join(err, perr)
+	}
+	return socks, nil
 }
 
 // filterForeign returns the sockets that foreignSockets reports for k, in

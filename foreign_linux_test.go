@@ -619,6 +619,25 @@ func TestForeignSockDiagAgreesWithProc(t *testing.T) {
 	}
 }
 
+// TestForeignFallback checks that /proc is read where sock_diag is
+// unavailable, and only there.
+func TestForeignFallback(t *testing.T) {
+	needIPv4(t)
+	c := foreignListen(t, false, "udp4", ap("127.0.0.1:0"))
+	P := c.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	unavailable := func(uint16) ([]udpSocket, error) {
+		return nil, fmt.Errorf("%w: %w", errNoSockDiag, unix.EPROTONOSUPPORT)
+	}
+	socks, err := listUDP(P, unavailable)
+	if err != nil || !slices.ContainsFunc(socks, func(s udpSocket) bool { return s.inode == inodeOf(t, c) }) {
+		t.Errorf("without sock_diag: %d sockets, %v; want those of /proc, with %v", len(socks), err, c.LocalAddr())
+	}
+	failing := func(uint16) ([]udpSocket, error) { return nil, unix.ENOBUFS }
+	if socks, err := listUDP(P, failing); !errors.Is(err, unix.ENOBUFS) {
+		t.Errorf("failing sock_diag: %d sockets, %v; want its error", len(socks), err)
+	}
+}
+
 // diagMsg builds a struct inet_diag_msg as the kernel sends it, with
 // attributes attrs.
 func diagMsg(family uint8, local netip.AddrPort, uid, inode uint32, attrs ...byte) []byte {
