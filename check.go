@@ -47,8 +47,8 @@ func WithRefuseForeign(on bool) Option {
 // or of this process outside the pool) bound to the port of a pooled socket
 // with overlapping addresses. It returns nil if there are none, or an error
 // joining one *ForeignError per affected pooled socket, each wrapping
-// ErrForeignSocket. It reads the socket tables of the calling thread's
-// network namespace. On platforms other than Linux it returns an error
+// ErrForeignSocket. It asks the kernel about the sockets of the calling
+// thread's network namespace (see ForeignSocket). On platforms other than Linux it returns an error
 // wrapping errors.ErrUnsupported.
 func (p *Pool) Check() error {
 	p.mu.Lock()

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -117,4 +119,49 @@ func mustRaw(t *testing.T, c net.PacketConn) syscall.RawConn {
 		t.Fatal(err)
 	}
 	return rc
+}
+
+// TestCheckIPv6OnlyBesideUDP4: an IPv6-only socket on [::]:P takes no
+// datagram of a pooled udp4 0.0.0.0:P, so neither Check nor
+// WithRefuseForeign objects to it; a dual-stack one on [::]:P overlaps the
+// pooled socket and is reported, and refused.
+func TestCheckIPv6OnlyBesideUDP4(t *testing.T) {
+	needIPv4(t)
+	needIPv6(t)
+	p := newPool(t, WithRefuseForeign(true))
+	probe := listen(t, p, "udp4", "0.0.0.0:0")
+	P := port(probe)
+	probe.Close()
+	addr := fmt.Sprintf("0.0.0.0:%d", P)
+
+	v6only := foreignOf(t, bindRaw(t, netip.AddrPortFrom(netip.IPv6Unspecified(), P), true))
+	if v6only.Network != "udp6" {
+		t.Fatalf("foreign socket %v is not IPv6-only", v6only)
+	}
+	c, err := p.ListenPacket(context.Background(), "udp4", addr)
+	if err != nil {
+		t.Fatalf("WithRefuseForeign refused udp4 %s beside %v: %v", addr, v6only, err)
+	}
+	defer c.Close()
+	if err := p.Check(); err != nil {
+		t.Fatalf("Check with an IPv6-only socket beside udp4 %s: %v", addr, err)
+	}
+
+	dual := foreignOf(t, bindRaw(t, netip.AddrPortFrom(netip.IPv6Unspecified(), P), false))
+	if dual.Network != "udp" {
+		t.Fatalf("foreign socket %v is not dual-stack", dual)
+	}
+	err = p.Check()
+	var fe *ForeignError
+	if !errors.As(err, &fe) || fe.Key != c.Key() || !slices.Equal(fe.Found, []ForeignSocket{dual}) {
+		t.Fatalf("Check with a dual-stack socket beside udp4 %s: %v, want it to report %v only", addr, err, dual)
+	}
+
+	c.Close()
+	if c, err := p.ListenPacket(context.Background(), "udp4", addr); !errors.Is(err, ErrForeignSocket) {
+		if err == nil {
+			c.Close()
+		}
+		t.Fatalf("WithRefuseForeign beside a dual-stack socket: %v, want ErrForeignSocket", err)
+	}
 }

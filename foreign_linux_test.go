@@ -39,7 +39,7 @@ const (
 `
 )
 
-func parseSample(t *testing.T, text string, v6 bool) []procEntry {
+func parseSample(t *testing.T, text string, v6 bool) []udpSocket {
 	t.Helper()
 	es, err := parseProcUDP(strings.NewReader(text), v6, binary.LittleEndian)
 	if err != nil {
@@ -53,7 +53,7 @@ func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
 func TestForeignParse(t *testing.T) {
 	any4 := ap("0.0.0.0:0")
 	any6 := ap("[::]:0")
-	want4 := []procEntry{
+	want4 := []udpSocket{
 		{local: ap("0.0.0.0:443"), remote: any4, uid: 0, inode: 12345},
 		{local: ap("127.0.0.1:443"), remote: any4, uid: 1000, inode: 12346},
 		{local: ap("127.0.0.2:443"), remote: any4, uid: 1000, inode: 12347},
@@ -64,7 +64,7 @@ func TestForeignParse(t *testing.T) {
 	if got := parseSample(t, sampleUDP, false); !slices.Equal(got, want4) {
 		t.Errorf("udp table:\n got %+v\nwant %+v", got, want4)
 	}
-	want6 := []procEntry{
+	want6 := []udpSocket{
 		{local: ap("[::]:443"), remote: any6, uid: 0, inode: 22221},
 		{local: ap("[::1]:443"), remote: any6, uid: 0, inode: 22222},
 		{local: ap("[::ffff:127.0.0.1]:443"), remote: any6, uid: 33, inode: 22223},
@@ -142,11 +142,15 @@ func TestForeignParseMalformed(t *testing.T) {
 	}
 }
 
-// TestForeignFilter checks which entries of the sample tables count as
-// foreign for a key.
+// TestForeignFilter checks which sockets of the sample tables, and of
+// sockets known to be IPv6-only (as sock_diag tells), count as foreign for
+// a key.
 func TestForeignFilter(t *testing.T) {
-	v4 := parseSample(t, sampleUDP, false)
-	v6 := parseSample(t, sampleUDP6, true)
+	socks := append(parseSample(t, sampleUDP, false), parseSample(t, sampleUDP6, true)...)
+	socks = append(socks,
+		udpSocket{local: ap("[::]:443"), remote: ap("[::]:0"), v6only: true, inode: 33331},
+		udpSocket{local: ap("[::1]:443"), remote: ap("[::]:0"), v6only: true, inode: 33332},
+	)
 	k := func(network, addr string) Key { return Key{Network: network, Addr: ap(addr)} }
 	tests := []struct {
 		key  Key
@@ -155,24 +159,24 @@ func TestForeignFilter(t *testing.T) {
 	}{
 		// Dual-stack: everything on the port but the connected socket
 		// (12348), the other port (12349) and inode 0.
-		{k("udp", "[::]:443"), nil, []uint64{12345, 12346, 12347, 22221, 22222, 22223, 22224, 22225}},
-		{k("udp", "[::]:443"), map[uint64]bool{12345: true, 22221: true}, []uint64{12346, 12347, 22222, 22223, 22224, 22225}},
-		// IPv4 keys: IPv4 sockets that cover or are covered, [::] (maybe
-		// dual-stack) and the IPv4-mapped socket of its address.
+		{k("udp", "[::]:443"), nil, []uint64{12345, 12346, 12347, 22221, 22222, 22223, 22224, 22225, 33331, 33332}},
+		{k("udp", "[::]:443"), map[uint64]bool{12345: true, 22221: true}, []uint64{12346, 12347, 22222, 22223, 22224, 22225, 33331, 33332}},
+		// IPv4 keys: IPv4 sockets that cover or are covered, [::] unless
+		// known to be IPv6-only, and the IPv4-mapped socket of its address.
 		{k("udp4", "0.0.0.0:443"), nil, []uint64{12345, 12346, 12347, 22221, 22223}},
 		{k("udp4", "127.0.0.1:443"), nil, []uint64{12345, 12346, 22221, 22223}},
 		{k("udp4", "127.0.0.2:443"), nil, []uint64{12345, 12347, 22221}},
 		{k("udp4", "0.0.0.0:444"), nil, []uint64{12349}},
 		{k("udp4", "0.0.0.0:445"), nil, nil},
 		// IPv6-only keys: no IPv4 socket, not the IPv4-mapped one.
-		{k("udp6", "[::]:443"), nil, []uint64{22221, 22222, 22224, 22225}},
-		{k("udp6", "[::1]:443"), nil, []uint64{22221, 22222}},
-		// The tables list no zones: a zoned key matches the bare address.
-		{k("udp6", "[fe80::1%eth0]:443"), nil, []uint64{22221, 22224}},
+		{k("udp6", "[::]:443"), nil, []uint64{22221, 22222, 22224, 22225, 33331, 33332}},
+		{k("udp6", "[::1]:443"), nil, []uint64{22221, 22222, 33331, 33332}},
+		// The zone is not compared: a zoned key matches the bare address.
+		{k("udp6", "[fe80::1%eth0]:443"), nil, []uint64{22221, 22224, 33331}},
 	}
 	for _, tt := range tests {
 		var got []uint64
-		for _, f := range append(filterForeign(tt.key, tt.ours, false, v4), filterForeign(tt.key, tt.ours, true, v6)...) {
+		for _, f := range filterForeign(tt.key, tt.ours, socks) {
 			got = append(got, f.Inode)
 		}
 		if !slices.Equal(got, tt.want) {
@@ -180,10 +184,15 @@ func TestForeignFilter(t *testing.T) {
 		}
 	}
 
-	got := filterForeign(k("udp4", "127.0.0.1:443"), nil, true, v6)
+	got := filterForeign(k("udp", "[::]:443"), nil, socks[len(socks)-7:])
 	want := []ForeignSocket{
-		{Network: "udp6", Local: ap("[::]:443"), Inode: 22221, UID: 0},
+		{Network: "udp", Local: ap("[::]:443"), Inode: 22221, UID: 0},
+		{Network: "udp6", Local: ap("[::1]:443"), Inode: 22222, UID: 0},
 		{Network: "udp6", Local: ap("[::ffff:127.0.0.1]:443"), Inode: 22223, UID: 33},
+		{Network: "udp6", Local: ap("[fe80::1]:443"), Inode: 22224, UID: 0},
+		{Network: "udp6", Local: ap("[2001:db8::1]:443"), Inode: 22225, UID: 4294967295},
+		{Network: "udp6", Local: ap("[::]:443"), Inode: 33331, UID: 0},
+		{Network: "udp6", Local: ap("[::1]:443"), Inode: 33332, UID: 0},
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("got %+v, want %+v", got, want)
@@ -191,7 +200,7 @@ func TestForeignFilter(t *testing.T) {
 	if s := (ForeignSocket{Network: "udp4", Local: ap("0.0.0.0:443"), Inode: 12345}).String(); s != "udp4 0.0.0.0:443 (inode 12345, uid 0)" {
 		t.Errorf("String() = %q", s)
 	}
-	if s := want[1].String(); s != "udp6 [::ffff:127.0.0.1]:443 (inode 22223, uid 33)" {
+	if s := want[2].String(); s != "udp6 [::ffff:127.0.0.1]:443 (inode 22223, uid 33)" {
 		t.Errorf("String() = %q", s)
 	}
 }
@@ -304,15 +313,78 @@ func foreignListen(t *testing.T, reuse bool, network string, addr netip.AddrPort
 	return pc.(*net.UDPConn)
 }
 
-// foreignOf is what foreignSockets should report for c.
-func foreignOf(t *testing.T, c *net.UDPConn) ForeignSocket {
+// foreignOf is what foreignSockets should report for c, found without
+// the code under test: the network from the socket's family, address and
+// IPV6_V6ONLY.
+func foreignOf(t *testing.T, c syscaller) ForeignSocket {
 	t.Helper()
-	local := c.LocalAddr().(*net.UDPAddr).AddrPort()
-	network := "udp6"
-	if local.Addr().Is4() { // an AF_INET socket's address has 4 bytes
-		network = "udp4"
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return ForeignSocket{Network: network, Local: local, Inode: inodeOf(t, c), UID: uint32(os.Getuid())}
+	var sa unix.Sockaddr
+	var v6only int
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		if sa, serr = unix.Getsockname(int(fd)); serr == nil {
+			if _, ok := sa.(*unix.SockaddrInet6); ok {
+				v6only, serr = unix.GetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
+			}
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	f := ForeignSocket{Inode: inodeOf(t, c), UID: uint32(os.Getuid())}
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		f.Network, f.Local = "udp4", netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		f.Network, f.Local = "udp6", netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
+		if f.Local.Addr().IsUnspecified() && v6only == 0 {
+			f.Network = "udp"
+		}
+	default:
+		t.Fatalf("socket address %T", sa)
+	}
+	return f
+}
+
+// rawSocket is a bare descriptor, for sockets that package net will not
+// bind, closed at the end of the test.
+type rawSocket int
+
+func (s rawSocket) SyscallConn() (syscall.RawConn, error) { return s, nil }
+func (s rawSocket) Control(f func(uintptr)) error         { f(uintptr(s)); return nil }
+func (s rawSocket) Read(func(uintptr) bool) error         { return errors.ErrUnsupported }
+func (s rawSocket) Write(func(uintptr) bool) error        { return errors.ErrUnsupported }
+
+// bindRaw binds an AF_INET6 UDP socket to addr with SO_REUSEPORT and the
+// given IPV6_V6ONLY, which also binds what package net refuses to (an
+// IPv4-mapped address).
+func bindRaw(t *testing.T, addr netip.AddrPort, v6only bool) rawSocket {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	on := 0
+	if v6only {
+		on = 1
+	}
+	for _, err := range []error{
+		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, on),
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1),
+		unix.Bind(fd, &unix.SockaddrInet6{Port: int(addr.Port()), Addr: addr.Addr().As16()}),
+	} {
+		if err != nil {
+			t.Fatalf("binding %v (v6only %v): %v", addr, v6only, err)
+		}
+	}
+	return rawSocket(fd)
 }
 
 // checkForeign checks that foreignSockets reports exactly want for k,
@@ -352,7 +424,7 @@ func TestForeignSocketsDualStack(t *testing.T) {
 
 	checkForeign(t, k, ours)
 	// Without ours, the pool's socket itself is listed, under its inode.
-	checkForeign(t, k, nil, ForeignSocket{Network: "udp6", Local: netip.AddrPortFrom(netip.IPv6Unspecified(), P), Inode: own, UID: uint32(os.Getuid())})
+	checkForeign(t, k, nil, ForeignSocket{Network: "udp", Local: netip.AddrPortFrom(netip.IPv6Unspecified(), P), Inode: own, UID: uint32(os.Getuid())})
 
 	// Other ports are not reported.
 	foreignListen(t, false, "udp", ap("[::]:0"))
@@ -372,7 +444,7 @@ func TestForeignSocketsDualStack(t *testing.T) {
 	} {
 		fc := foreignListen(t, true, f.network, f.addr)
 		fs := foreignOf(t, fc)
-		if want := (ForeignSocket{Network: map[bool]string{true: "udp4", false: "udp6"}[f.network == "udp4"], Local: f.addr}); fs.Network != want.Network || fs.Local != want.Local {
+		if fs.Network != f.network || fs.Local != f.addr {
 			t.Fatalf("foreign socket %s %v is %v", f.network, f.addr, fs)
 		}
 		want = append(want, fs)
@@ -391,9 +463,8 @@ func TestForeignSocketsDualStack(t *testing.T) {
 }
 
 // TestForeignSocketsSpecific checks a pooled udp4 127.0.0.1:P: the foreign
-// 127.0.0.1:P, 0.0.0.0:P, [::]:P (reported although IPv6-only, since the
-// kernel's tables do not tell) and [::ffff:127.0.0.1]:P are reported;
-// 127.0.0.2:P and [::1]:P are not.
+// 127.0.0.1:P, 0.0.0.0:P, dual-stack [::]:P and [::ffff:127.0.0.1]:P are
+// reported; 127.0.0.2:P, [::1]:P and an IPv6-only [::]:P are not.
 func TestForeignSocketsSpecific(t *testing.T) {
 	needIPv4(t)
 	p := newPool(t)
@@ -416,33 +487,25 @@ func TestForeignSocketsSpecific(t *testing.T) {
 	needIPv6(t)
 	foreignListen(t, true, "udp6", at("::1"))
 	checkForeign(t, k, ours, want...)
-	v6only := foreignOf(t, foreignListen(t, true, "udp6", at("::")))
-	want = append(want, v6only)
+	v6only := foreignOf(t, bindRaw(t, at("::"), true))
+	if v6only.Network != "udp6" {
+		t.Fatalf("IPv6-only socket is %v", v6only)
+	}
+	checkForeign(t, k, ours, want...)
+	dual := foreignOf(t, bindRaw(t, at("::"), false))
+	if dual.Network != "udp" {
+		t.Fatalf("dual-stack socket is %v", dual)
+	}
+	want = append(want, dual)
 	checkForeign(t, k, ours, want...)
 
 	// An IPv6 socket bound to the IPv4-mapped address receives that
-	// address's IPv4 datagrams. The net package refuses to bind one, so
-	// bind it by hand.
-	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
+	// address's IPv4 datagrams. The net package refuses to bind one.
+	mapped := foreignOf(t, bindRaw(t, at("::ffff:127.0.0.1"), false))
+	if mapped.Network != "udp6" || mapped.Local != at("::ffff:127.0.0.1") {
+		t.Fatalf("IPv4-mapped socket is %v", mapped)
 	}
-	t.Cleanup(func() { unix.Close(fd) })
-	mapped := at("::ffff:127.0.0.1")
-	for _, err := range []error{
-		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0),
-		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1),
-		unix.Bind(fd, &unix.SockaddrInet6{Port: int(P), Addr: mapped.Addr().As16()}),
-	} {
-		if err != nil {
-			t.Fatalf("binding %v: %v", mapped, err)
-		}
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		t.Fatal(err)
-	}
-	want = append(want, ForeignSocket{Network: "udp6", Local: mapped, Inode: uint64(st.Ino), UID: uint32(os.Getuid())})
+	want = append(want, mapped)
 	checkForeign(t, k, ours, want...)
 }
 
@@ -465,6 +528,7 @@ func TestForeignSocketsNamespace(t *testing.T) {
 
 	var inner *net.UDPConn
 	var got []ForeignSocket
+	var proc []udpSocket
 	err = ns.Do(func() error {
 		// The namespace has its own ports: no reuse needed.
 		pc, err := net.ListenPacket("udp4", k.Addr.String())
@@ -472,7 +536,10 @@ func TestForeignSocketsNamespace(t *testing.T) {
 			return err
 		}
 		inner = pc.(*net.UDPConn)
-		got, err = foreignSockets(k, nil)
+		if got, err = foreignSockets(k, nil); err != nil {
+			return err
+		}
+		proc, err = procUDP() // the fallback too
 		return err
 	})
 	if inner != nil {
@@ -484,6 +551,187 @@ func TestForeignSocketsNamespace(t *testing.T) {
 	if want := []ForeignSocket{foreignOf(t, inner)}; !slices.Equal(got, want) {
 		t.Errorf("in the namespace: foreign sockets %v, want %v", got, want)
 	}
+	if len(proc) != 1 || proc[0].inode != inodeOf(t, inner) {
+		t.Errorf("in the namespace: /proc lists %+v, want only the socket %d", proc, inodeOf(t, inner))
+	}
 	// Outside, only the pool's socket is on the port.
 	checkForeign(t, k, nil, ForeignSocket{Network: "udp4", Local: k.Addr, Inode: own, UID: uint32(os.Getuid())})
+}
+
+// TestForeignSockDiagAgreesWithProc binds sockets of every kind on one
+// port and checks that sock_diag and the /proc fallback list the same
+// sockets, and that only sock_diag tells an IPv6-only [::] from a
+// dual-stack one.
+func TestForeignSockDiagAgreesWithProc(t *testing.T) {
+	needIPv4(t)
+	needIPv6(t)
+	first := foreignListen(t, true, "udp4", ap("127.0.0.1:0"))
+	P := first.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	at := func(ip string) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr(ip), P) }
+	v6only := bindRaw(t, at("::"), true)
+	dual := bindRaw(t, at("::"), false)
+	mapped := bindRaw(t, at("::ffff:127.0.0.1"), false)
+	loop6 := foreignListen(t, true, "udp6", at("::1")) // package net sets IPV6_V6ONLY
+	any4 := foreignListen(t, true, "udp4", at("0.0.0.0"))
+	peer := foreignListen(t, false, "udp4", ap("127.0.0.1:0"))
+	d := net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(at("127.0.0.1")), Control: setReusePort}
+	conn, err := d.Dial("udp4", peer.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// Only these are compared: another process of this user may share the
+	// port (SO_REUSEPORT), and its sockets may come and go between reads.
+	ours := map[uint64]bool{}
+	for _, c := range []syscaller{first, v6only, dual, mapped, loop6, any4, conn.(*net.UDPConn)} {
+		ours[inodeOf(t, c)] = true
+	}
+	mine := func(socks []udpSocket) []udpSocket {
+		socks = slices.DeleteFunc(socks, func(s udpSocket) bool { return !ours[s.inode] })
+		slices.SortFunc(socks, func(a, b udpSocket) int { return cmp.Compare(a.inode, b.inode) })
+		return socks
+	}
+
+	diag, err := diagUDP(P)
+	if err != nil {
+		t.Fatalf("sock_diag: %v", err)
+	}
+	if slices.ContainsFunc(diag, func(s udpSocket) bool { return s.local.Port() != P }) {
+		t.Errorf("sock_diag lists sockets on other ports than %d: %+v", P, diag)
+	}
+	all, err := procUDP()
+	if err != nil {
+		t.Fatalf("/proc: %v", err)
+	}
+	diag, proc := mine(diag), mine(all)
+	if len(diag) != len(ours) {
+		t.Errorf("sock_diag lists %d of the %d sockets on port %d: %+v", len(diag), len(ours), P, diag)
+	}
+	got := slices.Clone(diag)
+	only := []uint64{inodeOf(t, v6only), inodeOf(t, loop6)}
+	for i := range got {
+		if got[i].v6only != slices.Contains(only, got[i].inode) {
+			t.Errorf("sock_diag: %+v has v6only %v", got[i], got[i].v6only)
+		}
+		got[i].v6only = false // /proc cannot tell
+	}
+	if !slices.Equal(got, proc) {
+		t.Errorf("sock_diag and /proc disagree:\n%+v\n%+v", diag, proc)
+	}
+	for _, s := range diag {
+		if s.inode == inodeOf(t, dual) && s.key().Network != "udp" || s.inode == inodeOf(t, v6only) && s.key().Network != "udp6" {
+			t.Errorf("socket %+v has key %v", s, s.key())
+		}
+	}
+}
+
+// TestForeignFallback checks that /proc is read where sock_diag is
+// unavailable, and only there.
+func TestForeignFallback(t *testing.T) {
+	needIPv4(t)
+	c := foreignListen(t, false, "udp4", ap("127.0.0.1:0"))
+	P := c.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	unavailable := func(uint16) ([]udpSocket, error) {
+		return nil, fmt.Errorf("%w: %w", errNoSockDiag, unix.EPROTONOSUPPORT)
+	}
+	socks, err := listUDP(P, unavailable)
+	if err != nil || !slices.ContainsFunc(socks, func(s udpSocket) bool { return s.inode == inodeOf(t, c) }) {
+		t.Errorf("without sock_diag: %d sockets, %v; want those of /proc, with %v", len(socks), err, c.LocalAddr())
+	}
+	failing := func(uint16) ([]udpSocket, error) { return nil, unix.ENOBUFS }
+	if socks, err := listUDP(P, failing); !errors.Is(err, unix.ENOBUFS) {
+		t.Errorf("failing sock_diag: %d sockets, %v; want its error", len(socks), err)
+	}
+}
+
+// diagMsg builds a struct inet_diag_msg as the kernel sends it, with
+// attributes attrs.
+func diagMsg(family uint8, local netip.AddrPort, uid, inode uint32, attrs ...byte) []byte {
+	b := make([]byte, sizeofInetDiagMsg, sizeofInetDiagMsg+len(attrs))
+	b[0], b[1] = family, 7 // TCP_CLOSE: unconnected
+	binary.BigEndian.PutUint16(b[offDiagSockID:], local.Port())
+	ip := local.Addr().AsSlice()
+	copy(b[offDiagSockID+4:], ip)
+	binary.NativeEndian.PutUint32(b[offDiagUID:], uid)
+	binary.NativeEndian.PutUint32(b[offDiagInode:], inode)
+	return append(b, attrs...)
+}
+
+// nlattr builds one attribute, padded.
+func nlattr(typ uint16, payload ...byte) []byte {
+	b := binary.NativeEndian.AppendUint16(nil, uint16(4+len(payload)))
+	b = binary.NativeEndian.AppendUint16(b, typ)
+	b = append(b, payload...)
+	for len(b)%4 != 0 {
+		b = append(b, 0)
+	}
+	return b
+}
+
+func TestForeignParseDiagMsg(t *testing.T) {
+	v6only := nlattr(inetDiagSKV6Only, 1)
+	other := nlattr(5, 0) // INET_DIAG_TOS
+	for _, tt := range []struct {
+		msg  []byte
+		want udpSocket
+	}{
+		{diagMsg(unix.AF_INET, ap("127.0.0.1:443"), 1000, 77),
+			udpSocket{local: ap("127.0.0.1:443"), remote: ap("0.0.0.0:0"), uid: 1000, inode: 77}},
+		{diagMsg(unix.AF_INET6, ap("[::]:443"), 0, 78, slices.Concat(other, v6only)...),
+			udpSocket{local: ap("[::]:443"), remote: ap("[::]:0"), v6only: true, inode: 78}},
+		{diagMsg(unix.AF_INET6, ap("[::]:443"), 0, 79, nlattr(inetDiagSKV6Only, 0)...),
+			udpSocket{local: ap("[::]:443"), remote: ap("[::]:0"), inode: 79}},
+		// A nested or byte-order flag on the type does not hide it.
+		{diagMsg(unix.AF_INET6, ap("[::]:443"), 0, 80, nlattr(inetDiagSKV6Only|0x8000, 1)...),
+			udpSocket{local: ap("[::]:443"), remote: ap("[::]:0"), v6only: true, inode: 80}},
+	} {
+		got, err := parseDiagMsg(tt.msg)
+		if err != nil || got != tt.want {
+			t.Errorf("parseDiagMsg = %+v, %v; want %+v", got, err, tt.want)
+		}
+	}
+
+	good := diagMsg(unix.AF_INET6, ap("[::]:443"), 0, 78, v6only...)
+	for name, msg := range map[string][]byte{
+		"empty":              nil,
+		"short":              good[:sizeofInetDiagMsg-1],
+		"unknown family":     diagMsg(unix.AF_UNIX, ap("[::]:443"), 0, 1),
+		"short attribute":    good[:sizeofInetDiagMsg+2],
+		"attribute too long": diagMsg(unix.AF_INET6, ap("[::]:443"), 0, 1, 40, 0, 11, 0, 1),
+		"attribute length 2": diagMsg(unix.AF_INET6, ap("[::]:443"), 0, 1, 2, 0, 11, 0),
+		"v6only of 4 bytes":  diagMsg(unix.AF_INET6, ap("[::]:443"), 0, 1, nlattr(inetDiagSKV6Only, 1, 0, 0, 0)...),
+	} {
+		if got, err := parseDiagMsg(msg); err == nil {
+			t.Errorf("%s: parsed %+v, want an error", name, got)
+		}
+	}
+
+	// Netlink framing: two messages, the first padded.
+	frame := func(typ uint16, data []byte) []byte {
+		b := binary.NativeEndian.AppendUint32(nil, uint32(unix.NLMSG_HDRLEN+len(data)))
+		b = binary.NativeEndian.AppendUint16(b, typ)
+		b = binary.NativeEndian.AppendUint16(b, unix.NLM_F_MULTI)
+		b = binary.NativeEndian.AppendUint32(b, 9)
+		b = binary.NativeEndian.AppendUint32(b, 0)
+		return append(b, data...)
+	}
+	two := slices.Concat(frame(unix.SOCK_DIAG_BY_FAMILY, []byte{1, 2, 3}), []byte{0}, frame(unix.NLMSG_DONE, []byte{0, 0, 0, 0}))
+	msgs, err := splitNetlink(two)
+	if err != nil || len(msgs) != 2 || !slices.Equal(msgs[0].Data, []byte{1, 2, 3}) ||
+		msgs[1].Header.Type != unix.NLMSG_DONE || msgs[1].Header.Seq != 9 {
+		t.Errorf("splitNetlink = %+v, %v", msgs, err)
+	}
+	for name, b := range map[string][]byte{
+		"short header":    two[:unix.NLMSG_HDRLEN-1],
+		"length too long": two[:unix.NLMSG_HDRLEN+2],
+		"length too short": func() []byte {
+			b := slices.Clone(two)
+			binary.NativeEndian.PutUint32(b, 3)
+			return b
+		}(),
+	} {
+		if msgs, err := splitNetlink(b); err == nil {
+			t.Errorf("%s: split into %+v, want an error", name, msgs)
+		}
+	}
 }

@@ -15,7 +15,8 @@ func socketInode(syscall.RawConn) (uint64, error) {
 	return 0, errForeignUnsupported
 }
 
-// foreignSockets is unsupported: only Linux lists its sockets in /proc.
+// foreignSockets is unsupported: only Linux lists its sockets (sock_diag,
+// /proc/net/udp).
 func foreignSockets(Key, map[uint64]bool) ([]ForeignSocket, error) {
 	return nil, errForeignUnsupported
 }

@@ -99,9 +99,10 @@ type SimHost struct {
 // Host builds a simulated server and client machine of the given kind,
 // removed at cleanup; see SimHost for what they look like.
 //
-// It needs Linux, root or CAP_SYS_ADMIN (to create network namespaces) and
-// iproute2's ip command. Where any of these is missing the test is skipped
-// with the reason; other failures fail the test.
+// It needs Linux and root or CAP_SYS_ADMIN, to create network namespaces;
+// everything is set up through netlink, with no external command. Where
+// namespaces cannot be created the test is skipped with the reason; other
+// failures fail the test.
 func Host(t testing.TB, kind HostKind) *SimHost {
 	t.Helper()
 	nk, ok := kind.netns()

@@ -13,9 +13,9 @@
 //		t.Skip(err)
 //	}
 //
-// NewHosts also needs iproute2's ip command; when it is missing, the
-// error wraps ErrUnsupported too, so errors.Is(err, ErrUnsupported) is
-// the right test for "skip rather than fail".
+// Namespaces, links and addresses are set up through netlink
+// (github.com/vishvananda/netlink) and sysctls through /proc/sys: no
+// external command is run.
 package netns
 
 import (
@@ -36,8 +36,7 @@ var ErrClosed = errors.New("netns: namespace closed")
 
 // Iface is the name of the veth interface of each of the two Hosts. Both
 // ends share the name because each lives in its own namespace; tests can
-// use it to change the link, e.g. NS.Run("ip", "link", "set", Iface,
-// "mtu", "1280").
+// use it to change the link through NS.Netlink (Linux only).
 const Iface = "veth0"
 
 // Kind selects which IP families the simulated Hosts have, because code

@@ -3,19 +3,18 @@
 package netns
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -52,7 +51,13 @@ func New() (*NS, error) {
 		if f, err = os.Open("/proc/thread-self/ns/net"); err != nil {
 			return err
 		}
-		if err := linkUp("lo"); err != nil {
+		if err := withHandle(func(nl *netlink.Handle) error {
+			lo, err := nl.LinkByName("lo")
+			if err != nil {
+				return err
+			}
+			return nl.LinkSetUp(lo)
+		}); err != nil {
 			f.Close()
 			return fmt.Errorf("bringing lo up: %w", err)
 		}
@@ -75,7 +80,8 @@ func New() (*NS, error) {
 // inside fn, then use it anywhere.
 //
 // Whatever else depends on the namespace must happen inside fn too:
-// net.Interfaces (it opens a netlink socket), child processes (see Run),
+// net.Interfaces (it opens a netlink socket), child processes (forked
+// from fn's thread, they are born in the namespace),
 // reading /proc/sys/net or /proc/thread-self/net. Not /proc/net or
 // /proc/self/net, though: those show the main thread's namespace, which
 // is the host's.
@@ -108,30 +114,32 @@ func (n *NS) enter() error {
 	return nil
 }
 
-// Run runs a command such as "ip addr add ..." inside the namespace and
-// waits for it. On failure the error includes the command's combined
-// output, since that is usually the only explanation iproute2 gives.
-func (n *NS) Run(args ...string) error {
-	return n.run(nil, args...)
+// Netlink runs fn inside the namespace with a route netlink handle of the
+// namespace, to change its links, addresses and routes, for example
+//
+//	n.Netlink(func(nl *netlink.Handle) error {
+//		link, err := nl.LinkByName(netns.Iface)
+//		if err != nil {
+//			return err
+//		}
+//		return nl.LinkSetMTU(link, 1280)
+//	})
+//
+// The rules of Do apply to fn.
+func (n *NS) Netlink(fn func(*netlink.Handle) error) error {
+	return n.Do(func() error { return withHandle(fn) })
 }
 
-// run is Run with extra descriptors for the child, which sees them as 3,
-// 4, ...; NewHosts passes a namespace that way.
-func (n *NS) run(extra []*os.File, args ...string) error {
-	if len(args) == 0 {
-		return errors.New("netns: Run without a command")
+// withHandle runs fn with a route netlink handle of the calling thread's
+// namespace: the handle's socket is created here, and a netlink socket
+// acts on the namespace it was created in.
+func withHandle(fn func(*netlink.Handle) error) error {
+	nl, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("netns: netlink: %w", err)
 	}
-	return n.Do(func() error {
-		// Started from this goroutine, so forked from this thread, so
-		// the child is born in the namespace.
-		cmd := exec.Command(args[0], args[1:]...)
-		cmd.ExtraFiles = extra
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("netns: %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
-		}
-		return nil
-	})
+	defer nl.Close()
+	return fn(nl)
 }
 
 // Sysctl sets a sysctl inside the namespace, for example
@@ -225,25 +233,6 @@ func onDiscardedThread(fn func() error) error {
 	return <-done
 }
 
-// linkUp sets IFF_UP through an ioctl on a socket of the current
-// thread's namespace, which needs no external command.
-func linkUp(name string) error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return err
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
-}
-
 var primeOnce sync.Once
 
 // primeNetProbe makes package net probe IPv4/IPv6 support now, from the
@@ -293,29 +282,11 @@ func Available() error {
 	return available.err
 }
 
-// ipCommand finds iproute2's ip, which is often in /usr/sbin, outside
-// the PATH of unprivileged shells.
-func ipCommand() (string, error) {
-	if p, err := exec.LookPath("ip"); err == nil {
-		return p, nil
-	}
-	for _, p := range []string{"/usr/sbin/ip", "/sbin/ip", "/bin/ip", "/usr/bin/ip"} {
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%w: iproute2's ip command not found", ErrUnsupported)
-}
-
 // NewHosts creates two simulated hosts of the given kind; see Hosts for
 // what they look like. The caller must Close them.
 func NewHosts(kind Kind) (_ *Hosts, err error) {
 	if !kind.HasIPv4() && !kind.HasIPv6() {
 		return nil, fmt.Errorf("netns: invalid %v", kind)
-	}
-	ip, err := ipCommand()
-	if err != nil {
-		return nil, err
 	}
 	h := &Hosts{Kind: kind}
 	defer func() {
@@ -344,41 +315,59 @@ func NewHosts(kind Kind) (_ *Hosts, err error) {
 			// The kernel adds 127.0.0.1/8 when lo comes up. Without it Go's
 			// IPv4-mapped probe and any IPv4 bind fail, as on an
 			// IPv6-only host.
-			if err := n.Run(ip, "addr", "del", "127.0.0.1/8", "dev", "lo"); err != nil {
-				return nil, err
+			if err := n.Netlink(func(nl *netlink.Handle) error {
+				lo, err := nl.LinkByName("lo")
+				if err != nil {
+					return err
+				}
+				return nl.AddrDel(lo, addr(netip.MustParsePrefix("127.0.0.1/8")))
+			}); err != nil {
+				return nil, fmt.Errorf("netns: removing 127.0.0.1/8 from lo: %w", err)
 			}
 		}
 	}
 
-	// Created in Server with the peer born in Client, whose descriptor is
-	// handed to ip as fd 3: the pair never exists in the host namespace
-	// and no /var/run/netns name is needed.
-	if err := h.Server.run([]*os.File{h.Client.f}, ip, "link", "add", Iface, "type", "veth",
-		"peer", "name", Iface, "netns", "/proc/self/fd/3"); err != nil {
-		return nil, err
+	// Created in Server with the peer born in Client, named by its
+	// descriptor: the pair never exists in the host namespace and no
+	// /var/run/netns name is needed. h.Client is not yet shared, so its
+	// descriptor cannot be closed meanwhile.
+	peer := netlink.NsFd(int(h.Client.f.Fd()))
+	if err := h.Server.Netlink(func(nl *netlink.Handle) error {
+		return nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: Iface}, PeerName: Iface, PeerNamespace: peer})
+	}); err != nil {
+		return nil, fmt.Errorf("netns: creating the veth pair: %w", err)
 	}
+	runtime.KeepAlive(h.Client.f)
 
 	setup := func(n *NS, v4, v6 netip.Prefix) error {
-		if err := n.Run(ip, "link", "set", Iface, "up"); err != nil {
-			return err
-		}
-		if kind.HasIPv4() {
-			if err := n.Run(ip, "addr", "add", v4.String(), "dev", Iface); err != nil {
+		return n.Netlink(func(nl *netlink.Handle) error {
+			link, err := nl.LinkByName(Iface)
+			if err != nil {
 				return err
 			}
-		}
-		if kind.HasIPv6() {
-			if err := n.Run(ip, "addr", "add", v6.String(), "dev", Iface, "nodad"); err != nil {
-				return err
+			if err := nl.LinkSetUp(link); err != nil {
+				return fmt.Errorf("setting %s up: %w", Iface, err)
 			}
-		}
-		return nil
+			if kind.HasIPv4() {
+				if err := nl.AddrAdd(link, addr(v4)); err != nil {
+					return fmt.Errorf("adding %v to %s: %w", v4, Iface, err)
+				}
+			}
+			if kind.HasIPv6() {
+				a := addr(v6)
+				a.Flags = unix.IFA_F_NODAD // usable at once, not "tentative"
+				if err := nl.AddrAdd(link, a); err != nil {
+					return fmt.Errorf("adding %v to %s: %w", v6, Iface, err)
+				}
+			}
+			return nil
+		})
 	}
 	if err := setup(h.Server, serverV4, serverV6); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("netns: server: %w", err)
 	}
 	if err := setup(h.Client, clientV4, clientV6); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("netns: client: %w", err)
 	}
 	if kind.HasIPv4() {
 		h.ServerV4, h.ClientV4 = serverV4.Addr(), clientV4.Addr()
@@ -387,4 +376,12 @@ func NewHosts(kind Kind) (_ *Hosts, err error) {
 		h.ServerV6, h.ClientV6 = serverV6.Addr(), clientV6.Addr()
 	}
 	return h, nil
+}
+
+// addr converts p for the netlink package.
+func addr(p netip.Prefix) *netlink.Addr {
+	return &netlink.Addr{IPNet: &net.IPNet{
+		IP:   p.Addr().AsSlice(),
+		Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen()),
+	}}
 }

@@ -5,16 +5,17 @@ package netns
 import (
 	"bytes"
 	"errors"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"runtime"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
 )
 
 func skipUnlessAvailable(t *testing.T) {
@@ -221,32 +222,42 @@ func addrsIn(t *testing.T, n *NS) []string {
 	return out
 }
 
-func TestRun(t *testing.T) {
+func TestNetlink(t *testing.T) {
 	skipUnlessAvailable(t)
-	ip, err := ipCommand()
-	if err != nil {
-		t.Skip(err)
-	}
 	n := newNS(t)
-	if err := n.Run(ip, "addr", "add", "198.51.100.7/32", "dev", "lo"); err != nil {
+	added := netip.MustParsePrefix("198.51.100.7/32")
+	if err := n.Netlink(func(nl *netlink.Handle) error {
+		lo, err := nl.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		return nl.AddrAdd(lo, addr(added))
+	}); err != nil {
 		t.Fatal(err)
 	}
-	if got := addrsIn(t, n); !slices.Contains(got, "198.51.100.7/32") {
-		t.Errorf("namespace addresses %v lack the one Run added", got)
+	if got := addrsIn(t, n); !slices.Contains(got, added.String()) {
+		t.Errorf("namespace addresses %v lack the one added", got)
 	}
 	hostAddrs, err := net.InterfaceAddrs()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, a := range hostAddrs {
-		if a.String() == "198.51.100.7/32" {
-			t.Fatal("Run changed the host")
+		if a.String() == added.String() {
+			t.Fatal("Netlink changed the host")
 		}
 	}
 
-	err = n.Run(ip, "link", "set", "nosuchlink0", "up")
-	if err == nil || !strings.Contains(err.Error(), "nosuchlink0") {
-		t.Errorf("failing Run: error %v does not include the output", err)
+	err = n.Netlink(func(nl *netlink.Handle) error {
+		_, err := nl.LinkByName("nosuchlink0")
+		return err
+	})
+	if !errors.As(err, new(netlink.LinkNotFoundError)) {
+		t.Errorf("failing Netlink: error %v, want fn's LinkNotFoundError", err)
+	}
+	n.Close()
+	if err := n.Netlink(func(*netlink.Handle) error { return nil }); !errors.Is(err, ErrClosed) {
+		t.Errorf("Netlink after Close: %v, want ErrClosed", err)
 	}
 }
 
@@ -450,16 +461,19 @@ func checkAddrs(t *testing.T, kind Kind, n *NS, all ...string) {
 
 func TestHostsCloseLeavesNothing(t *testing.T) {
 	skipUnlessAvailable(t)
-	ip, err := ipCommand()
-	if err != nil {
-		t.Skip(err)
-	}
+	// Named namespaces (ip netns add) are files in /run/netns.
 	netnsList := func() []string {
-		out, err := exec.Command(ip, "netns", "list").CombinedOutput()
-		if err != nil {
-			t.Fatalf("ip netns list: %v: %s", err, out)
+		var names []string
+		for _, dir := range []string{"/run/netns", "/var/run/netns"} {
+			ents, err := os.ReadDir(dir)
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				t.Fatal(err)
+			}
+			for _, e := range ents {
+				names = append(names, dir+"/"+e.Name())
+			}
 		}
-		return strings.Fields(string(out))
+		return names
 	}
 	links := func() []string {
 		ifs, err := net.Interfaces()

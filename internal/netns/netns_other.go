@@ -20,9 +20,6 @@ func New() (*NS, error) { return nil, errOS }
 // Do always fails with an error wrapping ErrUnsupported.
 func (n *NS) Do(fn func() error) error { return errOS }
 
-// Run always fails with an error wrapping ErrUnsupported.
-func (n *NS) Run(args ...string) error { return errOS }
-
 // Sysctl always fails with an error wrapping ErrUnsupported.
 func (n *NS) Sysctl(key, value string) error { return errOS }
 
