@@ -93,7 +93,7 @@ func clientInitial(t *testing.T, family netip.Addr) []byte {
 	defer tr.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go tr.Dial(ctx, sink.LocalAddr(), certs().Client("echo"), nil)
+	go tr.Dial(ctx, sink.LocalAddr(), certs().ClientConfig("echo"), nil)
 	buf := make([]byte, 1<<16)
 	sink.SetReadDeadline(deadline())
 	n, _, err := sink.ReadFrom(buf)
@@ -231,7 +231,7 @@ func TestBadSendsFailAlone(t *testing.T) {
 				t.Fatalf("Transport.WriteTo(%#v) succeeded", addr)
 			}
 		}
-		if _, err := tr.Dial(context.Background(), addr, certs().Client("echo"), nil); err == nil {
+		if _, err := tr.Dial(context.Background(), addr, certs().ClientConfig("echo"), nil); err == nil {
 			t.Fatalf("Transport.Dial(%#v) succeeded", addr)
 		}
 	}
@@ -260,7 +260,7 @@ func TestTransportFailureNoticed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	ln, err := tr.Listen(certs().Server("echo"), nil)
+	ln, err := tr.Listen(certs().ServerConfig("echo"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,7 +280,7 @@ func TestTransportFailureNoticed(t *testing.T) {
 	// the dialling connection fails, on a receive quic-go's transport.
 	for range 20 {
 		ctx, cancel := context.WithTimeout(context.Background(), quicTimeout/10)
-		_, err := tr.Dial(ctx, closedAddr, certs().Client("echo"), nil)
+		_, err := tr.Dial(ctx, closedAddr, certs().ClientConfig("echo"), nil)
 		cancel()
 		if err == nil {
 			t.Fatal("dial to a closed port succeeded")
@@ -306,7 +306,7 @@ func TestTransportFailureNoticed(t *testing.T) {
 	defer cli.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), quicTimeout)
 	defer cancel()
-	conn, err := cli.Dial(ctx, udpAddr(v4, portOf(tr)), certs().Client("echo"), nil)
+	conn, err := cli.Dial(ctx, udpAddr(v4, portOf(tr)), certs().ClientConfig("echo"), nil)
 	if err != nil {
 		t.Fatalf("handshake after the ICMP errors: %v", err)
 	}

@@ -87,7 +87,7 @@ func removedAddress(t *testing.T, network string) {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	ln, err := tr.Listen(certs().Server("echo"), nil)
+	ln, err := tr.Listen(certs().ServerConfig("echo"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +99,7 @@ func removedAddress(t *testing.T, network string) {
 	if err := h.Client.Do(func() error {
 		for range n {
 			cli := &quic.Transport{Conn: clientConn(t, h.ClientV6)}
-			conn, err := cli.Dial(ctx, udpAddr(h.ServerV6, portOf(tr)), certs().Client("echo"), nil)
+			conn, err := cli.Dial(ctx, udpAddr(h.ServerV6, portOf(tr)), certs().ClientConfig("echo"), nil)
 			if err != nil {
 				return err
 			}

@@ -107,7 +107,7 @@ func TestFaultPoolClosedUnderLiveUsers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := tr.Listen(certs().Server("echo"), nil)
+	ln, err := tr.Listen(certs().ServerConfig("echo"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +136,7 @@ func TestFaultPoolClosedUnderLiveUsers(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), quicTimeout)
 	defer cancel()
-	if _, err := tr.Dial(ctx, udpAddr(v4, 9), certs().Client("echo"), nil); err == nil {
+	if _, err := tr.Dial(ctx, udpAddr(v4, 9), certs().ClientConfig("echo"), nil); err == nil {
 		t.Error("Dial succeeded on a closed pool")
 	}
 	if _, err := p.Transport(ctx, "udp4", "127.0.0.1:0"); !errors.Is(err, udppool.ErrPoolClosed) {
@@ -161,7 +161,7 @@ func TestFaultTransportClosedUnderListener(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := tr.Listen(certs().Server("echo"), nil)
+	ln, err := tr.Listen(certs().ServerConfig("echo"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +173,7 @@ func TestFaultTransportClosedUnderListener(t *testing.T) {
 	if err := tr.Close(); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("second Transport Close: %v", err)
 	}
-	if _, err := tr.Listen(certs().Server("echo"), nil); !errors.Is(err, net.ErrClosed) {
+	if _, err := tr.Listen(certs().ServerConfig("echo"), nil); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("Listen on a closed Transport: %v", err)
 	}
 	if tag := handshake(t, v4, netip.AddrPortFrom(v4, port), "echo"); tag != "srv:" {

@@ -48,7 +48,7 @@ func TestShutdownDrains(t *testing.T) {
 		t.Fatal(err)
 	}
 	dst := netip.AddrPortFrom(v4, portOf(tr))
-	old, err := tr.Listen(certs().Server("echo"), nil)
+	old, err := tr.Listen(certs().ServerConfig("echo"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func TestShutdownDrains(t *testing.T) {
 	}
 	defer func() { ctr.Close(); ctr.Conn.Close() }()
 
-	next, err := tr.Listen(certs().Server("echo"), nil)
+	next, err := tr.Listen(certs().ServerConfig("echo"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +143,7 @@ func TestHTTP3SlowRequestAcrossReload(t *testing.T) {
 	release := make(chan struct{})
 	started := make(chan struct{})
 	generation := func(name string) (*udppool.Listener, *http3.Server) {
-		ln, err := tr.Listen(http3.ConfigureTLSConfig(certs().Server()), nil)
+		ln, err := tr.Listen(http3.ConfigureTLSConfig(certs().ServerConfig()), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -172,7 +172,7 @@ func TestHTTP3SlowRequestAcrossReload(t *testing.T) {
 		b, err := io.ReadAll(resp.Body)
 		return string(b), err
 	}
-	oldClient := &http3.Transport{TLSClientConfig: certs().Client()}
+	oldClient := &http3.Transport{TLSClientConfig: certs().ClientConfig()}
 	defer oldClient.Close()
 	slow := make(chan string, 1)
 	go func() {
@@ -199,7 +199,7 @@ func TestHTTP3SlowRequestAcrossReload(t *testing.T) {
 					return
 				default:
 				}
-				c := &http3.Transport{TLSClientConfig: certs().Client()}
+				c := &http3.Transport{TLSClientConfig: certs().ClientConfig()}
 				body, err := get(c, "/fast")
 				c.Close()
 				loadMu.Lock()
@@ -227,7 +227,7 @@ func TestHTTP3SlowRequestAcrossReload(t *testing.T) {
 	defer cancel()
 	drained := make(chan error, 1)
 	go func() { drained <- oldLn.Shutdown(ctx) }()
-	newClient := &http3.Transport{TLSClientConfig: certs().Client()}
+	newClient := &http3.Transport{TLSClientConfig: certs().ClientConfig()}
 	defer newClient.Close()
 	if body, err := get(newClient, "/fast"); err != nil || body != "gen2 served /fast" {
 		t.Fatalf("new request during the reload: %q, %v", body, err)
@@ -269,7 +269,7 @@ func TestPoolDial(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), quicTimeout)
 	defer cancel()
 	for _, dst := range []net.Addr{srv4.LocalAddr(), srv6.LocalAddr()} {
-		conn, err := p.Dial(ctx, port, dst, certs().Client("echo"), nil)
+		conn, err := p.Dial(ctx, port, dst, certs().ClientConfig("echo"), nil)
 		if err != nil {
 			t.Fatalf("Dial %v: %v", dst, err)
 		}
@@ -284,7 +284,7 @@ func TestPoolDial(t *testing.T) {
 		conn.CloseWithError(0, "")
 	}
 	// Port of the udp6-only server: it cannot send to IPv4.
-	if _, err := p.Dial(ctx, portOf(srv6), srv4.LocalAddr(), certs().Client("echo"), nil); !errors.Is(err, udppool.ErrFamily) {
+	if _, err := p.Dial(ctx, portOf(srv6), srv4.LocalAddr(), certs().ClientConfig("echo"), nil); !errors.Is(err, udppool.ErrFamily) {
 		t.Fatalf("IPv4 from an IPv6-only socket: %v, want ErrFamily", err)
 	}
 	if _, err := tr6Dial(ctx, srv6, srv4.LocalAddr()); !errors.Is(err, udppool.ErrFamily) {
@@ -293,5 +293,5 @@ func TestPoolDial(t *testing.T) {
 }
 
 func tr6Dial(ctx context.Context, tr *udppool.Transport, dst net.Addr) (*quic.Conn, error) {
-	return tr.Dial(ctx, dst, certs().Client("echo"), nil)
+	return tr.Dial(ctx, dst, certs().ClientConfig("echo"), nil)
 }

@@ -23,7 +23,7 @@ func dialN(t *testing.T, tr *udppool.Transport, n int) ([]*quic.Conn, func()) {
 		cli := &quic.Transport{Conn: clientConn(t, v4)}
 		closers = append(closers, func() { cli.Close(); cli.Conn.Close() })
 		ctx, cancel := context.WithTimeout(context.Background(), quicTimeout)
-		conn, err := cli.Dial(ctx, udpAddr(v4, portOf(tr)), certs().Client("echo"), nil)
+		conn, err := cli.Dial(ctx, udpAddr(v4, portOf(tr)), certs().ClientConfig("echo"), nil)
 		cancel()
 		if err != nil {
 			t.Fatalf("dial: %v", err)
@@ -55,12 +55,12 @@ func TestCloseRacesAccept(t *testing.T) {
 	}
 	defer tr.Close()
 	for round := range 30 {
-		ln, err := tr.Listen(certs().Server("echo"), nil)
+		ln, err := tr.Listen(certs().ServerConfig("echo"), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		conns, closeAll := dialN(t, tr, 3)
-		next, err := tr.Listen(certs().Server("echo"), nil)
+		next, err := tr.Listen(certs().ServerConfig("echo"), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -156,7 +156,7 @@ func TestListenRacesTransportClose(t *testing.T) {
 		}
 		closed := make(chan struct{})
 		go func() { tr.Close(); close(closed) }()
-		ln, err := tr.Listen(certs().Server("echo"), nil)
+		ln, err := tr.Listen(certs().ServerConfig("echo"), nil)
 		<-closed
 		if err != nil {
 			if !errors.Is(err, net.ErrClosed) {
@@ -186,7 +186,7 @@ func handshakeNoEcho(t *testing.T, ln *udppool.Listener) error {
 	defer cli.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), quicTimeout)
 	defer cancel()
-	conn, err := cli.Dial(ctx, ln.Addr(), certs().Client("echo"), nil)
+	conn, err := cli.Dial(ctx, ln.Addr(), certs().ClientConfig("echo"), nil)
 	if err != nil {
 		return err
 	}
@@ -217,7 +217,7 @@ func TestPoolCloseRacesTransport(t *testing.T) {
 			}
 			continue
 		}
-		ln, err := tr.Listen(certs().Server("echo"), nil)
+		ln, err := tr.Listen(certs().ServerConfig("echo"), nil)
 		<-closed
 		if err == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), quicTimeout)
@@ -243,15 +243,15 @@ func TestListenerQUICVersions(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	if _, err := tr.Listen(certs().Server("echo"), &quic.Config{Versions: []quic.Version{0x1234}}); err == nil {
+	if _, err := tr.Listen(certs().ServerConfig("echo"), &quic.Config{Versions: []quic.Version{0x1234}}); err == nil {
 		t.Fatal("listener with an invalid QUIC version opened")
 	}
-	ln, err := tr.Listen(certs().Server("echo"), &quic.Config{Versions: []quic.Version{quic.Version2}})
+	ln, err := tr.Listen(certs().ServerConfig("echo"), &quic.Config{Versions: []quic.Version{quic.Version2}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	if _, err := tr.Listen(certs().Server("echo"), &quic.Config{Versions: []quic.Version{quic.Version1}}); !errors.Is(err, udppool.ErrTransportConfig) {
+	if _, err := tr.Listen(certs().ServerConfig("echo"), &quic.Config{Versions: []quic.Version{quic.Version1}}); !errors.Is(err, udppool.ErrTransportConfig) {
 		t.Fatalf("listener with other versions beside a running one: %v, want ErrTransportConfig", err)
 	}
 	dial := func(v quic.Version) error {
@@ -260,7 +260,7 @@ func TestListenerQUICVersions(t *testing.T) {
 		defer cli.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), quicTimeout)
 		defer cancel()
-		conn, err := cli.Dial(ctx, ln.Addr(), certs().Client("echo"), &quic.Config{Versions: []quic.Version{v}})
+		conn, err := cli.Dial(ctx, ln.Addr(), certs().ClientConfig("echo"), &quic.Config{Versions: []quic.Version{v}})
 		if err == nil {
 			conn.CloseWithError(0, "")
 		}

@@ -69,7 +69,7 @@ func reloadUnderLoad(t *testing.T, reloads int) {
 
 	var waits []func()
 	open := func(gen int) *udppool.Listener {
-		ln, err := tr.Listen(certs().Server("echo"), nil)
+		ln, err := tr.Listen(certs().ServerConfig("echo"), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -99,7 +99,7 @@ func reloadUnderLoad(t *testing.T, reloads int) {
 					default:
 					}
 					hctx, hcancel := context.WithTimeout(ctx, quicTimeout)
-					conn, err := ctr.Dial(hctx, udpAddr(c, port), certs().Client("echo"), nil)
+					conn, err := ctr.Dial(hctx, udpAddr(c, port), certs().ClientConfig("echo"), nil)
 					if err == nil {
 						_, err = streamEcho(hctx, conn)
 						conn.CloseWithError(0, "")

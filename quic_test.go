@@ -14,19 +14,24 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/udppool/udppool"
-	"github.com/udppool/udppool/internal/testcert"
 	"github.com/udppool/udppool/udppooltest"
 	"golang.org/x/net/nettest"
 )
 
 const quicTimeout = 15 * time.Second
 
-var certs = sync.OnceValue(func() *testcert.Pair {
-	p, err := testcert.New("192.0.2.1", "2001:db8::1")
+// certs are the certificates of every QUIC test of the package: one CA and
+// a server certificate for loopback and two documentation addresses.
+var certs = sync.OnceValue(func() *udppooltest.Certs {
+	ca, err := udppooltest.NewCA()
 	if err != nil {
 		panic(err)
 	}
-	return p
+	cert, err := ca.Issue(udppooltest.Leaf{Names: []string{"localhost", "127.0.0.1", "::1", "192.0.2.1", "2001:db8::1"}})
+	if err != nil {
+		panic(err)
+	}
+	return &udppooltest.Certs{Certificate: cert, Roots: ca.Roots(), CA: ca}
 })
 
 // pool returns a pool that must be empty at the end of the test, with no
@@ -83,7 +88,7 @@ func clientConn(t testing.TB, local netip.Addr) *net.UDPConn {
 // the open connection, which the caller closes.
 func roundTrip(ctx context.Context, uc *net.UDPConn, dst netip.AddrPort, alpn string) (string, *quic.Conn, *quic.Transport, error) {
 	tr := &quic.Transport{Conn: uc}
-	conn, err := tr.Dial(ctx, net.UDPAddrFromAddrPort(dst), certs().Client(alpn), &quic.Config{
+	conn, err := tr.Dial(ctx, net.UDPAddrFromAddrPort(dst), certs().ClientConfig(alpn), &quic.Config{
 		HandshakeIdleTimeout: quicTimeout,
 		// Connections kept across a long soak must not reach the idle timeout.
 		KeepAlivePeriod: 5 * time.Second,
@@ -188,7 +193,7 @@ func serve(t testing.TB, p *udppool.Pool, network, address string) (*udppool.Tra
 	if err != nil {
 		t.Fatalf("Transport(%q, %q): %v", network, address, err)
 	}
-	ln, err := tr.Listen(certs().Server("echo"), nil)
+	ln, err := tr.Listen(certs().ServerConfig("echo"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +262,7 @@ func TestReloadHandOff(t *testing.T) {
 	}
 	defer tr.Close()
 	dst := netip.AddrPortFrom(v4, portOf(tr))
-	oldLn, err := tr.Listen(certs().Server("echo"), nil)
+	oldLn, err := tr.Listen(certs().ServerConfig("echo"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,7 +276,7 @@ func TestReloadHandOff(t *testing.T) {
 	defer func() { oldTr.Close(); oldTr.Conn.Close() }()
 
 	// Reload: open the new listener first, then close the old one.
-	newLn, err := tr.Listen(certs().Server("echo"), nil)
+	newLn, err := tr.Listen(certs().ServerConfig("echo"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,7 +324,7 @@ func TestNewestListenerTakesHandshakes(t *testing.T) {
 	var lns []*udppool.Listener
 	var waits []func()
 	for gen := 1; gen <= 3; gen++ {
-		ln, err := tr.Listen(certs().Server("echo"), nil)
+		ln, err := tr.Listen(certs().ServerConfig("echo"), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -360,12 +365,12 @@ func TestALPNRouting(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	lnA, err := tr.Listen(certs().Server("proto-a"), nil)
+	lnA, err := tr.Listen(certs().ServerConfig("proto-a"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitA := echoServer(lnA, "a:")
-	lnB, err := tr.ListenEarly(certs().Server("proto-b"), nil)
+	lnB, err := tr.ListenEarly(certs().ServerConfig("proto-b"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -447,7 +452,7 @@ func TestDialFromPool(t *testing.T) {
 	defer cli.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), quicTimeout)
 	defer cancel()
-	conn, err := cli.Dial(ctx, srv.LocalAddr(), certs().Client("echo"), nil)
+	conn, err := cli.Dial(ctx, srv.LocalAddr(), certs().ClientConfig("echo"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -458,7 +463,7 @@ func TestDialFromPool(t *testing.T) {
 		t.Fatalf("connection left from port %d, want the pooled %d", got, portOf(cli))
 	}
 	conn.CloseWithError(0, "")
-	_, err = cli.Dial(ctx, &net.UDPAddr{IP: net.IPv6loopback, Port: 443}, certs().Client("echo"), nil)
+	_, err = cli.Dial(ctx, &net.UDPAddr{IP: net.IPv6loopback, Port: 443}, certs().ClientConfig("echo"), nil)
 	if !errors.Is(err, udppool.ErrFamily) {
 		t.Fatalf("dialling IPv6 from a udp4 socket: %v, want ErrFamily", err)
 	}

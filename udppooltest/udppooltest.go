@@ -18,7 +18,10 @@
 // skips with the reason when the machine cannot provide what the helper
 // needs (a loopback family, network namespaces), and registers with
 // t.Cleanup whatever is needed to release what it created. Every blocking
-// step is bounded by Timeout; nothing asserts how long anything took.
+// step is bounded by Timeout; nothing asserts how long anything took. The
+// exceptions are NewCA and (*CA).Issue, which hold nothing to release and
+// return their errors, so that benchmarks and demonstration programs can
+// make certificates too.
 //
 // Helpers that take a testing.TB must be called from the test's own
 // goroutine (they may call t.Fatalf or t.Skipf) and never inside the

@@ -3,7 +3,9 @@ package udppooltest_test
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -211,6 +213,15 @@ func TestLoopbackUnknownNetwork(t *testing.T) {
 // handshake runs a TLS handshake over an in-memory pipe and returns the
 // client's error.
 func handshake(server, client *tls.Config) error {
+	err, _ := handshakeBoth(server, client)
+	return err
+}
+
+// handshakeBoth runs a TLS handshake over an in-memory pipe and returns the
+// client's and the server's error. In TLS 1.3 the client finishes before the
+// server has checked its certificate, so only the server's error tells
+// whether a client certificate was accepted.
+func handshakeBoth(server, client *tls.Config) (clientErr, serverErr error) {
 	c1, c2 := net.Pipe()
 	defer c1.Close()
 	defer c2.Close()
@@ -224,9 +235,13 @@ func handshake(server, client *tls.Config) error {
 	c := tls.Client(c2, client)
 	c.SetDeadline(time.Now().Add(udppooltest.Timeout))
 	err := c.Handshake()
+	if err == nil {
+		// The server reads the client's certificate after the client's
+		// handshake has returned; a read gets its verdict as an alert.
+		c.Read(make([]byte, 1))
+	}
 	c2.Close()
-	<-srvErr
-	return err
+	return err, <-srvErr
 }
 
 func TestTLS(t *testing.T) {
@@ -252,6 +267,91 @@ func TestTLS(t *testing.T) {
 	}
 	if certs.ClientConfig().InsecureSkipVerify {
 		t.Error("client skips verification")
+	}
+}
+
+// TestCA: one CA issues rotated server certificates that one client
+// configuration trusts, client certificates a server verifies, and expired,
+// not yet valid and wrong-name certificates that verification refuses.
+func TestCA(t *testing.T) {
+	ca, err := udppooltest.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := ca.Server(t)
+	client := first.ClientConfig("p")
+
+	// Rotation: a new certificate, with a new key, from the same CA.
+	next := ca.Server(t, "example.test")
+	if next.CA != ca || first.Certificate.Leaf.SerialNumber.Cmp(next.Certificate.Leaf.SerialNumber) == 0 {
+		t.Fatal("Server did not issue a new certificate from the same CA")
+	}
+	for _, c := range []*udppooltest.Certs{first, next} {
+		if err := handshake(c.ServerConfig("p"), client); err != nil {
+			t.Errorf("client of the first certificate verifying %v: %v", c.Certificate.Leaf.DNSNames, err)
+		}
+	}
+
+	// Client certificates.
+	mutual := next.ServerConfig("p")
+	mutual.ClientCAs = ca.Roots()
+	mutual.ClientAuth = tls.RequireAndVerifyClientCert
+	withCert := func(cert tls.Certificate) *tls.Config {
+		c := first.ClientConfig("p")
+		c.Certificates = []tls.Certificate{cert}
+		return c
+	}
+	alice := ca.Client(t, "alice")
+	if cerr, serr := handshakeBoth(mutual, withCert(alice)); cerr != nil || serr != nil {
+		t.Errorf("client certificate of the CA: client %v, server %v", cerr, serr)
+	}
+	if got := alice.Leaf.Subject.CommonName; got != "alice" {
+		t.Errorf("client certificate for %q", got)
+	}
+	stranger := udppooltest.TLS(t).CA.Client(t, "mallory")
+	if _, serr := handshakeBoth(mutual, withCert(stranger)); serr == nil {
+		t.Error("the server accepted a client certificate of another CA")
+	}
+	if _, serr := handshakeBoth(mutual, withCert(next.Certificate)); serr == nil {
+		t.Error("the server accepted a server certificate as a client certificate")
+	}
+
+	// Negative cases, each refused for its own reason.
+	issue := func(l udppooltest.Leaf) tls.Certificate {
+		t.Helper()
+		cert, err := ca.Issue(l)
+		if err != nil {
+			t.Fatalf("Issue(%+v): %v", l, err)
+		}
+		return cert
+	}
+	now := time.Now()
+	var invalid x509.CertificateInvalidError
+	expired := issue(udppooltest.Leaf{Names: []string{"localhost"}, NotAfter: now.Add(-time.Hour)})
+	if err := handshake(&tls.Config{Certificates: []tls.Certificate{expired}}, client); !errors.As(err, &invalid) || invalid.Reason != x509.Expired {
+		t.Errorf("expired certificate: %v", err)
+	}
+	early := issue(udppooltest.Leaf{Names: []string{"localhost"}, NotBefore: now.Add(time.Hour), NotAfter: now.Add(2 * time.Hour)})
+	if err := handshake(&tls.Config{Certificates: []tls.Certificate{early}}, client); !errors.As(err, &invalid) || invalid.Reason != x509.Expired {
+		t.Errorf("certificate not yet valid: %v", err)
+	}
+	var wrongName x509.HostnameError
+	other := issue(udppooltest.Leaf{Names: []string{"other.test", "192.0.2.1"}})
+	if err := handshake(&tls.Config{Certificates: []tls.Certificate{other}}, client); !errors.As(err, &wrongName) {
+		t.Errorf("wrong-name certificate: %v", err)
+	}
+
+	// A pinned key survives a rotation.
+	pinned := issue(udppooltest.Leaf{Names: []string{"localhost"}, Key: first.Certificate.PrivateKey.(crypto.Signer)})
+	if !bytes.Equal(pinned.Leaf.RawSubjectPublicKeyInfo, first.Certificate.Leaf.RawSubjectPublicKeyInfo) {
+		t.Error("a certificate issued for a given key has another public key")
+	}
+	if err := handshake(&tls.Config{Certificates: []tls.Certificate{pinned}}, client); err != nil {
+		t.Errorf("certificate with a pinned key: %v", err)
+	}
+
+	if _, err := ca.Issue(udppooltest.Leaf{}); err == nil {
+		t.Error("Issue made a certificate without a name")
 	}
 }
 
