@@ -3,7 +3,7 @@ package udppool_test
 import (
 	"testing"
 
-	"github.com/udppool/udppool/internal/benchcases"
+	"github.com/udppool/udppool/examples/bench/benchcases"
 )
 
 func BenchmarkAcquireRelease(b *testing.B) {

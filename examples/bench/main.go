@@ -20,7 +20,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/udppool/udppool/internal/benchcases"
+	"github.com/udppool/udppool/examples/bench/benchcases"
 )
 
 type bench struct {

@@ -4,14 +4,17 @@
 //
 //	go run ./examples/http3 -listen :4433 -reload 500ms
 //
-// Try it with an HTTP/3 client such as curl --http3-only -k
-// https://localhost:4433/ (the certificate is self-signed and made afresh
-// at each start and reload). On SIGINT or SIGTERM it stops gracefully and
+// It serves the certificate and key of -cert and -key (PEM files, read
+// anew at each reload, so a renewed certificate is picked up), or else a
+// self-signed certificate for localhost that is made afresh at each start
+// and reload: try it with an HTTP/3 client such as curl --http3-only -k
+// https://localhost:4433/. On SIGINT or SIGTERM it stops gracefully and
 // prints the connections it served per address family.
 package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -32,7 +35,6 @@ import (
 	"github.com/quic-go/quic-go/http3"
 
 	"github.com/udppool/udppool"
-	"github.com/udppool/udppool/internal/testcert"
 )
 
 // shutdownGrace is how long requests in flight may take to finish at exit
@@ -44,6 +46,8 @@ func main() {
 	flag.StringVar(&o.listen, "listen", ":4433", "UDP address to serve on (network \"udp\")")
 	flag.DurationVar(&o.reload, "reload", 0, "re-create the listener at this interval (0: never)")
 	flag.DurationVar(&o.duration, "duration", 0, "stop after this long (0: run until interrupted)")
+	flag.StringVar(&o.certFile, "cert", "", "PEM certificate chain file (default: a self-signed certificate for localhost)")
+	flag.StringVar(&o.keyFile, "key", "", "PEM private key file for -cert")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -58,12 +62,14 @@ type options struct {
 	listen   string
 	reload   time.Duration
 	duration time.Duration
+	certFile string // with keyFile: PEM files, read at each reload
+	keyFile  string
 	out      io.Writer
 
 	// Hooks for tests; nil in the command.
-	ready   func(port int)                 // called once serving
-	newCert func() (*testcert.Pair, error) // default: testcert.New
-	handler http.Handler                   // default: hello
+	ready   func(port int)                  // called once serving
+	newCert func() (tls.Certificate, error) // default: certSource(certFile, keyFile)
+	handler http.Handler                    // default: hello
 }
 
 // run serves until ctx ends (or o.duration passes), then shuts down and
@@ -75,14 +81,10 @@ func run(ctx context.Context, o options) error {
 		defer cancel()
 	}
 	if o.newCert == nil {
-		// Every reload gets a new certificate from a new CA, for the same
-		// leaf key: a browser that pins the key (see the ready line)
-		// trusts every generation.
-		key, err := testcert.NewKey()
-		if err != nil {
+		var err error
+		if o.newCert, err = certSource(o.certFile, o.keyFile); err != nil {
 			return err
 		}
-		o.newCert = func() (*testcert.Pair, error) { return testcert.NewWithKey(key) }
 	}
 	if o.handler == nil {
 		o.handler = http.HandlerFunc(hello)
@@ -154,7 +156,7 @@ func familyOf(a netip.Addr) int {
 // on one pooled transport.
 type site struct {
 	tr      *udppool.Transport
-	newCert func() (*testcert.Pair, error)
+	newCert func() (tls.Certificate, error)
 	handler http.Handler
 
 	conns [2]atomic.Int64 // connections served, by family
@@ -177,16 +179,17 @@ type site struct {
 // serving the connections it already has; once the last of them has
 // closed, it is dropped.
 func (s *site) reload() error {
-	pair, err := s.newCert()
+	cert, err := s.newCert()
 	if err != nil {
 		return err
 	}
-	if s.spki, err = pair.SPKIHash(); err != nil {
+	if s.spki, err = spkiHash(cert); err != nil {
 		return err
 	}
 	// ConfigureTLSConfig sets the h3 ALPN, by which the pool routes
 	// handshakes to this listener.
-	ln, err := s.tr.Listen(http3.ConfigureTLSConfig(pair.Server()), nil)
+	tlsConf := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
+	ln, err := s.tr.Listen(http3.ConfigureTLSConfig(tlsConf), nil)
 	if err != nil {
 		return err
 	}

@@ -5,9 +5,13 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,7 +23,7 @@ import (
 	"go.uber.org/goleak"
 	"golang.org/x/net/nettest"
 
-	"github.com/udppool/udppool/internal/testcert"
+	"github.com/udppool/udppool/udppooltest"
 )
 
 func TestMain(m *testing.M) {
@@ -30,36 +34,25 @@ func TestMain(m *testing.M) {
 // instead of hanging it. It is never asserted as a duration.
 const testTimeout = 20 * time.Second
 
-// certSource stands in for testcert.New: it hands out pre-made
-// certificates in turn, so that each reload presents a different CA while
-// the clients, which trust all of them, verify the server properly.
-type certSource struct {
-	pairs  []*testcert.Pair
+// rotation stands in for the certificate source of the command: it issues
+// a new certificate, with a new key, from one test CA at each call, so
+// that each reload presents a different certificate while the clients,
+// which trust the CA, verify the server properly.
+type rotation struct {
+	ca     *udppooltest.CA
 	roots  *x509.CertPool
 	issued atomic.Int64
 }
 
-func newCertSource(t *testing.T, n int) *certSource {
+func newRotation(t *testing.T) *rotation {
 	t.Helper()
-	cs := &certSource{roots: x509.NewCertPool()}
-	for range n {
-		p, err := testcert.New()
-		if err != nil {
-			t.Fatal(err)
-		}
-		ca, err := x509.ParseCertificate(p.Cert.Certificate[len(p.Cert.Certificate)-1])
-		if err != nil {
-			t.Fatal(err)
-		}
-		cs.roots.AddCert(ca)
-		cs.pairs = append(cs.pairs, p)
-	}
-	return cs
+	ca := udppooltest.TLS(t).CA
+	return &rotation{ca: ca, roots: ca.Roots()}
 }
 
-func (cs *certSource) next() (*testcert.Pair, error) {
-	n := cs.issued.Add(1) - 1
-	return cs.pairs[n%int64(len(cs.pairs))], nil
+func (r *rotation) next() (tls.Certificate, error) {
+	r.issued.Add(1)
+	return r.ca.Issue(udppooltest.Leaf{Names: []string{"localhost", "127.0.0.1", "::1"}})
 }
 
 // syncBuffer is a bytes.Buffer that run may write while the test reads.
@@ -118,7 +111,7 @@ func newClient(roots *x509.CertPool) *http3.Transport {
 // which must outlive the listener that accepted it. The summary must count
 // exactly the connections the clients made.
 func TestServeAcrossReloads(t *testing.T) {
-	certs := newCertSource(t, 8)
+	certs := newRotation(t)
 	var out syncBuffer
 	ports := make(chan int, 1)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -305,7 +298,7 @@ func TestInFlight(t *testing.T) {
 	if !nettest.SupportsIPv4() {
 		t.Skip("host has no IPv4 loopback")
 	}
-	certs := newCertSource(t, 4)
+	certs := newRotation(t)
 	// The handler hands the test a channel to close when the request may
 	// finish.
 	entered := make(chan chan struct{}, 1)
@@ -399,5 +392,121 @@ func TestInFlight(t *testing.T) {
 	close(release)
 	if err := result(res); err != nil {
 		t.Fatalf("request in flight at shutdown: %v", err)
+	}
+}
+
+// writePEM writes cert's chain and key as PEM files in dir.
+func writePEM(t *testing.T, dir string, cert tls.Certificate) (certFile, keyFile string) {
+	t.Helper()
+	var chain []byte
+	for _, der := range cert.Certificate {
+		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	// Key first: between the two writes a reload may read a mismatched
+	// pair, which fails that reload only.
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(certFile, chain, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+// TestCertFiles: with -cert and -key the server presents the files'
+// certificate, and after the files are replaced, a later reload presents
+// the new one. Bad flags fail at start-up.
+func TestCertFiles(t *testing.T) {
+	if !nettest.SupportsIPv4() {
+		t.Skip("host has no IPv4 loopback")
+	}
+	ca := udppooltest.TLS(t).CA
+	issue := func() tls.Certificate {
+		cert, err := ca.Issue(udppooltest.Leaf{Names: []string{"localhost", "127.0.0.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cert
+	}
+	dir := t.TempDir()
+	first := issue()
+	certFile, keyFile := writePEM(t, dir, first)
+
+	for _, o := range []options{
+		{certFile: certFile},
+		{keyFile: keyFile},
+		{certFile: filepath.Join(dir, "missing.pem"), keyFile: keyFile},
+		{certFile: keyFile, keyFile: certFile},
+	} {
+		o.listen, o.out = "127.0.0.1:0", io.Discard
+		if err := run(context.Background(), o); err == nil {
+			t.Errorf("run with -cert %q -key %q started", o.certFile, o.keyFile)
+		}
+	}
+
+	var out syncBuffer
+	ports := make(chan int, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, options{listen: "127.0.0.1:0", reload: 10 * time.Millisecond, out: &out,
+			certFile: certFile, keyFile: keyFile, ready: func(port int) { ports <- port }})
+	}()
+	defer func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("run: %v", err)
+			}
+		case <-time.After(testTimeout):
+			t.Errorf("run did not return\n%s", out.String())
+		}
+	}()
+	var url string
+	select {
+	case port := <-ports:
+		url = fmt.Sprintf("https://127.0.0.1:%d/", port)
+	case <-time.After(testTimeout):
+		t.Fatal("server not ready")
+	}
+	// served returns the serial number of the certificate a new connection
+	// is shown.
+	served := func() *big.Int {
+		t.Helper()
+		client := newClient(ca.Roots())
+		defer client.Close()
+		rctx, rcancel := context.WithTimeout(ctx, testTimeout)
+		defer rcancel()
+		req, err := http.NewRequestWithContext(rctx, http.MethodGet, url, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := client.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.TLS == nil || len(resp.TLS.PeerCertificates) == 0 {
+			t.Fatal("response without the server's certificate")
+		}
+		return resp.TLS.PeerCertificates[0].SerialNumber
+	}
+	if got := served(); got.Cmp(first.Leaf.SerialNumber) != 0 {
+		t.Fatalf("served certificate %x, want the file's %x", got, first.Leaf.SerialNumber)
+	}
+	second := issue()
+	writePEM(t, dir, second)
+	deadline := time.Now().Add(testTimeout)
+	for served().Cmp(second.Leaf.SerialNumber) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the replaced files were not served\n%s", out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -33,7 +33,7 @@ import (
 	"golang.org/x/net/nettest"
 
 	"github.com/udppool/udppool"
-	"github.com/udppool/udppool/internal/testcert"
+	"github.com/udppool/udppool/udppooltest"
 )
 
 // alpn is the application protocol of the echo service; the pool routes
@@ -152,14 +152,15 @@ func run(ctx context.Context, cfg config, out io.Writer) (*result, error) {
 	if err != nil {
 		return nil, err
 	}
-	// One certificate for the whole run: the clients trust its CA. Each
-	// reload still installs a new tls.Config, as a real reload would.
-	pair, err := testcert.New()
+	// The clients trust one throw-away CA (udppooltest's, since this is a
+	// demonstration, not a server to deploy); every reload presents a new
+	// certificate from it in a new tls.Config, as a real reload would.
+	ca, err := udppooltest.NewCA()
 	if err != nil {
 		tr.Close()
 		return nil, err
 	}
-	srv := &server{tr: tr, pair: pair, seen: make(map[socketID]bool)}
+	srv := &server{tr: tr, ca: ca, seen: make(map[socketID]bool)}
 	if err := srv.reload(); err != nil {
 		tr.Close()
 		return nil, err
@@ -175,7 +176,7 @@ func run(ctx context.Context, cfg config, out io.Writer) (*result, error) {
 	var errLog errorLog
 	for _, f := range res.families {
 		for range cfg.clients {
-			clients.Go(func() { f.client(clientCtx, pair, netip.AddrPortFrom(f.dst, port(tr)), &errLog) })
+			clients.Go(func() { f.client(clientCtx, ca, netip.AddrPortFrom(f.dst, port(tr)), &errLog) })
 		}
 	}
 	clientsDone := make(chan struct{})
@@ -205,7 +206,7 @@ func run(ctx context.Context, cfg config, out io.Writer) (*result, error) {
 // and every goroutine serving connections of this and earlier listeners.
 type server struct {
 	tr      *udppool.Transport
-	pair    *testcert.Pair
+	ca      *udppooltest.CA
 	ln      *udppool.Listener // current
 	reloads int
 	wg      sync.WaitGroup // accept loops and connection handlers
@@ -224,7 +225,12 @@ type socketID struct {
 // the old one, so that there is never a moment without a listener. The old
 // listener's connections stay open and keep being served.
 func (s *server) reload() error {
-	ln, err := s.tr.Listen(s.pair.Server(alpn), &quic.Config{HandshakeIdleTimeout: dialTimeout})
+	cert, err := s.ca.Issue(udppooltest.Leaf{Names: []string{"localhost", "127.0.0.1", "::1"}})
+	if err != nil {
+		return err
+	}
+	tlsConf := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{alpn}, MinVersion: tls.VersionTLS13}
+	ln, err := s.tr.Listen(tlsConf, &quic.Config{HandshakeIdleTimeout: dialTimeout})
 	if err != nil {
 		return err
 	}
@@ -299,7 +305,7 @@ func (s *server) serve(conn *quic.Conn) {
 }
 
 // client runs round trips until ctx ends, from one socket of its own.
-func (f *family) client(ctx context.Context, pair *testcert.Pair, dst netip.AddrPort, errLog *errorLog) {
+func (f *family) client(ctx context.Context, ca *udppooltest.CA, dst netip.AddrPort, errLog *errorLog) {
 	uc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(f.local, 0)))
 	if err != nil {
 		f.failed.Add(1)
@@ -311,7 +317,7 @@ func (f *family) client(ctx context.Context, pair *testcert.Pair, dst netip.Addr
 		qt.Close()
 		uc.Close() // quic-go closes only sockets it opened itself
 	}()
-	tlsConf := pair.Client(alpn)
+	tlsConf := &tls.Config{RootCAs: ca.Roots(), ServerName: "localhost", NextProtos: []string{alpn}, MinVersion: tls.VersionTLS13}
 	addr := net.UDPAddrFromAddrPort(dst)
 	for i := 0; ctx.Err() == nil; i++ {
 		f.roundTrip(qt, addr, tlsConf, fmt.Sprintf("%s round trip %d", f.name, i), errLog)

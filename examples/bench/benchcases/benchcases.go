@@ -1,6 +1,8 @@
 // Package benchcases holds the benchmarks of udppool as plain functions, so
-// that both `go test -bench` (bench_test.go) and the side-by-side comparison
-// program (examples/bench) run exactly the same code.
+// that both `go test -bench` (the root package's bench_test.go) and the
+// side-by-side comparison program (examples/bench) run exactly the same
+// code. It lives beside the program rather than under internal/, so that the
+// program can be copied and run outside this module.
 package benchcases
 
 import (
@@ -17,7 +19,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/udppool/udppool"
-	"github.com/udppool/udppool/internal/testcert"
+	"github.com/udppool/udppool/udppooltest"
 )
 
 var ctx = context.Background()
@@ -202,11 +204,10 @@ const BulkSize = 32 << 20
 // loopback, with both ends on sockets of the given variant.
 func QUICBulk(v Variant) func(b *testing.B) {
 	return func(b *testing.B) {
-		certs, err := testcert.New()
-		fatal(b, err)
+		certs := udppooltest.TLS(b)
 		p := udppool.New()
 		defer p.Close()
-		srvLn, srvClose := quicEnd(b, p, v, true, certs.Server("bench"))
+		srvLn, srvClose := quicEnd(b, p, v, true, certs.ServerConfig("bench"))
 		defer srvClose()
 		cli, cliClose := quicEnd(b, p, v, false, nil)
 		defer cliClose()
@@ -237,7 +238,7 @@ func QUICBulk(v Variant) func(b *testing.B) {
 		srvAddr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(srvLn.Addr().(*net.UDPAddr).Port))
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		conn, err := cli.Dial(dctx, net.UDPAddrFromAddrPort(srvAddr), certs.Client("bench"), nil)
+		conn, err := cli.Dial(dctx, net.UDPAddrFromAddrPort(srvAddr), certs.ClientConfig("bench"), nil)
 		fatal(b, err)
 		chunk := make([]byte, 64<<10)
 		b.SetBytes(BulkSize)
