@@ -26,8 +26,7 @@ func (e *ForeignError) Error() string {
 	for i, f := range e.Found {
 		found[i] = f.String()
 	}
-	return fmt.Sprintf("udppool: %v on port %d beside %v: %s",
-		ErrForeignSocket, e.Key.Addr.Port(), e.Key, strings.Join(found, ", "))
+	return fmt.Sprintf("%s%v of %v: %s", prefix, ErrForeignSocket, e.Key, strings.Join(found, ", "))
 }
 
 // Unwrap returns ErrForeignSocket.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 )
 
 // Sentinel errors. Every error returned by a Pool is an *Error that wraps one
@@ -40,6 +41,27 @@ var (
 // split-stack port 0 Transport is held in the pool already.
 var errPortTaken = fmt.Errorf("port taken by a pooled socket: %w", errAddrInUse)
 
+// Sentinel errors of sending and dialling, wrapped in the *net.OpError that
+// Dial, DialEarly and WriteTo return, so that a bad destination fails at
+// once with a clear cause instead of reaching quic-go, which a nil address
+// crashes, or the kernel, whose EINVAL does not say what was wrong.
+var (
+	// ErrMissingAddr reports a destination that is nil (a nil net.Addr or
+	// a nil *net.UDPAddr), has no valid IP address, or has port 0.
+	ErrMissingAddr = errors.New("missing destination address")
+	// ErrNotUDPAddr reports a destination that is not a *net.UDPAddr, such
+	// as a *net.TCPAddr.
+	ErrNotUDPAddr = errors.New("destination is not a *net.UDPAddr")
+	// ErrNoTransport reports a Dial from a local port (WithLocalPort) on
+	// which the pool runs no QUIC transport that can send to the
+	// destination (none at all, or only sockets bound to loopback for a
+	// destination elsewhere).
+	ErrNoTransport = errors.New("no pooled QUIC transport on the local port")
+)
+
+// prefix starts the text of the errors of this package that stand alone.
+const prefix = "udppool: "
+
 // Error describes a failed pool operation. It names the operation and the
 // network and address exactly as the caller gave them, plus the normalized
 // key where one was computed.
@@ -52,14 +74,16 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
-	s := "udppool: " + e.Op
+	s := prefix + e.Op
 	if e.Net != "" || e.Addr != "" {
 		s += " " + e.Net + " " + strconv.Quote(e.Addr)
 	}
 	if e.Key.IsValid() {
 		s += " (socket " + e.Key.String() + ")"
 	}
-	return s + ": " + e.Err.Error()
+	// A cause from this package (a *ForeignError, say) names the package
+	// too; once is enough.
+	return s + ": " + strings.TrimPrefix(e.Err.Error(), prefix)
 }
 
 // Unwrap returns the underlying cause, so errors.Is(err, syscall.EADDRINUSE)

@@ -255,8 +255,8 @@ func TestHTTP3SlowRequestAcrossReload(t *testing.T) {
 	newClient.Close()
 }
 
-// TestPoolDial picks the pooled transport that can reach the destination
-// and fails at once when none can.
+// TestPoolDial picks the pooled transport on a given port that can reach
+// the destination, and fails at once when none can.
 func TestPoolDial(t *testing.T) {
 	if !nettest.SupportsIPv4() || !nettest.SupportsIPv6() {
 		t.Skip("needs IPv4 and IPv6 loopback")
@@ -269,7 +269,7 @@ func TestPoolDial(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), quicTimeout)
 	defer cancel()
 	for _, dst := range []net.Addr{srv4.LocalAddr(), srv6.LocalAddr()} {
-		conn, err := p.Dial(ctx, port, dst, certs().ClientConfig("echo"), nil)
+		conn, err := p.Dial(ctx, dst, certs().ClientConfig("echo"), nil, udppool.WithLocalPort(port))
 		if err != nil {
 			t.Fatalf("Dial %v: %v", dst, err)
 		}
@@ -284,8 +284,19 @@ func TestPoolDial(t *testing.T) {
 		conn.CloseWithError(0, "")
 	}
 	// Port of the udp6-only server: it cannot send to IPv4.
-	if _, err := p.Dial(ctx, portOf(srv6), srv4.LocalAddr(), certs().ClientConfig("echo"), nil); !errors.Is(err, udppool.ErrFamily) {
+	if _, err := p.Dial(ctx, srv4.LocalAddr(), certs().ClientConfig("echo"), nil, udppool.WithLocalPort(portOf(srv6))); !errors.Is(err, udppool.ErrFamily) {
 		t.Fatalf("IPv4 from an IPv6-only socket: %v, want ErrFamily", err)
+	}
+	// A port without a transport: Dial does not bind it.
+	free := listenUDP(t, "udp4", "127.0.0.1:0")
+	freePort := uint16(free.LocalAddr().(*net.UDPAddr).Port)
+	free.Close()
+	if _, err := p.Dial(ctx, srv4.LocalAddr(), certs().ClientConfig("echo"), nil, udppool.WithLocalPort(freePort)); !errors.Is(err, udppool.ErrNoTransport) {
+		t.Fatalf("dial from port %d without a transport: %v, want ErrNoTransport", freePort, err)
+	}
+	// A socket bound to loopback does not send elsewhere.
+	if _, err := p.Dial(ctx, &net.UDPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 443}, certs().ClientConfig("echo"), nil, udppool.WithLocalPort(portOf(srv4))); !errors.Is(err, udppool.ErrNoTransport) {
+		t.Fatalf("dial to 192.0.2.1 from a socket on 127.0.0.1: %v, want ErrNoTransport", err)
 	}
 	if _, err := tr6Dial(ctx, srv6, srv4.LocalAddr()); !errors.Is(err, udppool.ErrFamily) {
 		t.Fatalf("Transport.Dial of IPv4 from an IPv6-only socket: %v, want ErrFamily", err)

@@ -27,6 +27,8 @@ type Pool struct {
 
 	index *index // spellings to entries, for the fast path
 
+	dialMu sync.Mutex // serializes Dial's choice or creation of a transport
+
 	mu      sync.Mutex
 	closed  atomic.Bool // set under mu
 	entries map[Key]*entry

@@ -19,9 +19,9 @@ import (
 // settings stay until the last user is gone.
 var ErrTransportConfig = errors.New("conflicts with the settings of the shared QUIC transport")
 
-// ErrFamily reports a destination that the socket cannot reach, such as an
-// IPv6 address dialled from an IPv4 socket.
-var ErrFamily = errors.New("address family not served by this socket")
+// ErrFamily reports a destination of an address family that the socket
+// does not serve, such as an IPv6 address dialled from an IPv4 socket.
+var ErrFamily = errors.New("address family not served by the socket")
 
 // A TransportOption configures the shared quic.Transport of a socket.
 type TransportOption func(*transportOptions)
@@ -236,14 +236,38 @@ func (t *Transport) part(op string, addr net.Addr) (*sharedTransport, error) {
 	return nil, &net.OpError{Op: op, Net: "udp", Source: t.LocalAddr(), Addr: addr, Err: fmt.Errorf("%w: socket %v cannot send to %v", ErrFamily, t.key, ip)}
 }
 
-// destination returns the IP address of a UDP destination, unmapped.
+// destination returns the IP address of a UDP destination, unmapped, or
+// the *net.OpError of op for a destination nobody can send to.
 func destination(op string, addr net.Addr) (netip.Addr, error) {
-	ua, ok := addr.(*net.UDPAddr)
-	if !ok || ua == nil {
-		// A nil *net.UDPAddr would crash inside quic-go.
-		return netip.Addr{}, &net.OpError{Op: op, Net: "udp", Err: fmt.Errorf("%w: not a *net.UDPAddr: %T (%v)", ErrFamily, addr, addr)}
+	ip, err := checkDestination(addr)
+	if err != nil {
+		// No Addr: net.OpError would call its String method, which a
+		// nil pointer of another type may not survive.
+		return netip.Addr{}, &net.OpError{Op: op, Net: "udp", Err: err}
 	}
-	return ua.AddrPort().Addr().Unmap(), nil
+	return ip, nil
+}
+
+// checkDestination returns the IP address of a UDP destination, unmapped,
+// or an error wrapping ErrMissingAddr or ErrNotUDPAddr.
+func checkDestination(addr net.Addr) (netip.Addr, error) {
+	ua, ok := addr.(*net.UDPAddr)
+	switch {
+	case addr == nil:
+		return netip.Addr{}, fmt.Errorf("%w: nil net.Addr", ErrMissingAddr)
+	case !ok:
+		return netip.Addr{}, fmt.Errorf("%w: %T %v", ErrNotUDPAddr, addr, addr)
+	case ua == nil:
+		return netip.Addr{}, fmt.Errorf("%w: nil *net.UDPAddr", ErrMissingAddr)
+	}
+	ap := ua.AddrPort()
+	switch {
+	case !ap.Addr().IsValid():
+		return netip.Addr{}, fmt.Errorf("%w: no valid IP address in %v", ErrMissingAddr, ua)
+	case ap.Port() == 0:
+		return netip.Addr{}, fmt.Errorf("%w: port 0 in %v", ErrMissingAddr, ua)
+	}
+	return ap.Addr().Unmap(), nil
 }
 
 // reachesFamily reports whether the socket of k can send to IPv4 (v4) or

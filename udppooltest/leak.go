@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/udppool/udppool"
 	"go.uber.org/goleak"
@@ -17,9 +18,12 @@ import (
 // since NoLeaks was called:
 //
 //   - p holds no socket: p.Stats() is empty, so every handle, Transport and
-//     Listener of p has been closed, and no released socket still lingers
-//     (with udppool.WithLinger, use Pool instead: it tolerates lingering
-//     sockets and closes the pool after its check). p may be nil to check
+//     Listener of p, and every connection dialled by p.Dial, has been
+//     closed, and no released socket still lingers (with
+//     udppool.WithLinger, use Pool instead: it tolerates lingering sockets
+//     and closes the pool after its check). Like goleak, it checks again
+//     for about a second before it reports, since a dialled connection
+//     releases its socket a moment after it closed. p may be nil to check
 //     only goroutines and descriptors.
 //   - no goroutine started since the call is still running (go.uber.org/
 //     goleak, ignoring the goroutines that existed at the call). goleak
@@ -62,11 +66,13 @@ func noLeaks(t testing.TB, p *udppool.Pool, owned bool) {
 	t.Cleanup(func() {
 		t.Helper()
 		if p != nil {
-			var held []string
-			for _, s := range p.Stats() {
-				if s.Refs > 0 || !owned {
-					held = append(held, fmt.Sprintf("%v (local %v, %d references)", s.Key, s.LocalAddr, s.Refs))
-				}
+			held := heldSockets(p, owned)
+			// A QUIC connection releases its socket from a goroutine
+			// of its own once it has closed: give such releases the
+			// time goleak gives goroutines.
+			for wait := time.Millisecond; len(held) > 0 && wait <= retryMax; wait *= 2 {
+				time.Sleep(wait)
+				held = heldSockets(p, owned)
 			}
 			if len(held) > 0 {
 				t.Errorf("udppooltest: pool still holds %d socket(s) at cleanup (a handle, Transport or Listener was not closed): %s",
@@ -85,6 +91,23 @@ func noLeaks(t testing.TB, p *udppool.Pool, owned bool) {
 			}
 		}
 	})
+}
+
+// retryMax is the longest pause between the checks of a pool that still
+// holds sockets; the pauses double from a millisecond up to it, about a
+// second in all, as goleak's retries do.
+const retryMax = 512 * time.Millisecond
+
+// heldSockets describes the sockets of p that count as leaked: those with
+// references, or, if the check does not own p, all of them.
+func heldSockets(p *udppool.Pool, owned bool) []string {
+	var held []string
+	for _, s := range p.Stats() {
+		if s.Refs > 0 || !owned {
+			held = append(held, fmt.Sprintf("%v (local %v, %d references)", s.Key, s.LocalAddr, s.Refs))
+		}
+	}
+	return held
 }
 
 // primePoller makes the runtime create its network poller's descriptors
