@@ -2,10 +2,14 @@ package udppool_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log"
 	"net"
+	"runtime"
+	"strings"
+	"time"
 
 	"github.com/udppool/udppool"
 )
@@ -76,4 +80,85 @@ func ExampleConn() {
 	}
 	fmt.Printf("%s\n", buf[:n])
 	// Output: hello
+}
+
+// Stats lists every socket of the pool with its references and, for a
+// QUIC socket, its listener generations: what an operator watches.
+func ExamplePool_Stats() {
+	pool := udppool.New()
+	defer pool.Close()
+	ctx := context.Background()
+
+	a, err := pool.ListenPacket(ctx, "udp4", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer a.Close()
+	b, err := pool.ListenPacket(ctx, "udp4", a.LocalAddr().String())
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer b.Close()
+
+	tr, err := pool.Transport(ctx, "udp4", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer tr.Close()
+	// No certificate is needed until a client connects.
+	ln, err := tr.Listen(&tls.Config{NextProtos: []string{"h3"}}, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer ln.Close()
+
+	for _, s := range pool.Stats() {
+		switch s.Key {
+		case a.Key():
+			fmt.Printf("plain socket %s %v: %d references\n", s.Key.Network, s.Key.Addr.Addr(), s.Refs)
+		case tr.Keys()[0]:
+			fmt.Printf("QUIC socket %s %v: %d reference (the transport's)\n", s.Key.Network, s.Key.Addr.Addr(), s.Refs)
+			for _, l := range s.Listeners {
+				fmt.Printf("  generation %d %v: accepting=%v conns=%d\n", l.Generation, l.Protocols, l.Accepting, l.Conns)
+			}
+		}
+	}
+	// Unordered output:
+	// plain socket udp4 127.0.0.1: 2 references
+	// QUIC socket udp4 127.0.0.1: 1 reference (the transport's)
+	//   generation 1 [h3]: accepting=true conns=0
+}
+
+// WithLeakReport finds handles that were dropped without Close: each is
+// reported, with the call that acquired it, when the garbage collector
+// finds it, and its reference is released so that the port does not stay
+// open forever.
+func ExampleWithLeakReport() {
+	leaks := make(chan udppool.Leak, 1)
+	pool := udppool.New(udppool.WithLeakReport(func(l udppool.Leak) { leaks <- l }))
+	defer pool.Close()
+
+	func() {
+		conn, err := pool.ListenPacket(context.Background(), "udp4", "127.0.0.1:0")
+		if err != nil {
+			log.Fatal(err)
+		}
+		_ = conn // forgotten: never closed
+	}()
+
+	// Leaks show when the garbage collector runs.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		runtime.GC()
+		select {
+		case l := <-leaks:
+			fmt.Println(l.Kind, "leaked; acquired in this example:", strings.Contains(l.Site, "ExampleWithLeakReport"))
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			log.Fatal("no leak reported")
+		}
+	}
+	// Output: Conn leaked; acquired in this example: true
 }

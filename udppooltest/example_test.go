@@ -3,8 +3,12 @@ package udppooltest_test
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
+	"io"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -135,8 +139,9 @@ func ExampleQUICPair() {
 
 // An IPv6-only server machine (no 127.0.0.1, even on loopback) serving the
 // "udp" wildcard, and a client machine that reaches it over the veth link.
-// It needs root on Linux (the test is skipped elsewhere), so it has no
-// output to check.
+// It needs network namespaces (Linux, as root or in a user namespace) and
+// is skipped elsewhere, so its output is checked by TestExampleHost where
+// it runs, not by go test's comparison.
 func ExampleHost() {
 	test(func(t testing.TB) {
 		h := udppooltest.Host(t, udppooltest.IPv6Only)
@@ -152,11 +157,111 @@ func ExampleHost() {
 			t.Fatal(err)
 		}
 		defer conn.Close()
-		fmt.Println("wildcard socket:", conn.Key())
+		fmt.Println("wildcard socket:", conn.Key().Network, conn.Key().Addr.Addr())
 
 		// Or let QUICPair create them on each side.
 		pair := udppooltest.QUICPair(t, udppooltest.WithHost(h), udppooltest.WithListenAddr("udp", ":0"), udppooltest.WithEcho())
 		reply := udppooltest.RoundTrip(t, pair.Client, []byte("hello"))
-		fmt.Printf("%s from %v to %v\n", reply, h.ClientV6, pair.Addr)
+		fmt.Printf("%s from %v to %v\n", reply, h.ClientV6, pair.Addr.Addr())
 	})
+}
+
+// One CA for a whole test: it issues rotated server certificates that the
+// same clients trust, client certificates, and the expired or wrong-name
+// certificates of negative tests.
+func ExampleCA() {
+	test(func(t testing.TB) {
+		certs := udppooltest.TLS(t) // a CA and a server certificate for localhost
+		ca := certs.CA
+
+		// handshake runs a TLS handshake in memory and returns the
+		// client's and the server's verdicts.
+		handshake := func(server, client *tls.Config) (error, error) {
+			c1, c2 := net.Pipe()
+			defer c1.Close()
+			defer c2.Close()
+			served := make(chan error, 1)
+			go func() {
+				err := tls.Server(c1, server).Handshake()
+				c1.Close()
+				served <- err
+			}()
+			conn := tls.Client(c2, client)
+			err := conn.Handshake()
+			if err == nil {
+				conn.Read(make([]byte, 1)) // the server's verdict on a client certificate
+			}
+			c2.Close()
+			return err, <-served
+		}
+
+		rotated := ca.Server(t) // a new key and certificate, same CA
+		err, _ := handshake(rotated.ServerConfig("demo"), certs.ClientConfig("demo"))
+		fmt.Println("rotated certificate trusted:", err == nil)
+
+		expired, err := ca.Issue(udppooltest.Leaf{Names: []string{"localhost"}, NotAfter: time.Now().Add(-time.Hour)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err, _ = handshake(&tls.Config{Certificates: []tls.Certificate{expired}}, certs.ClientConfig("demo"))
+		var invalid x509.CertificateInvalidError
+		fmt.Println("expired certificate refused:", errors.As(err, &invalid) && invalid.Reason == x509.Expired)
+
+		wrongName, err := ca.Issue(udppooltest.Leaf{Names: []string{"other.example"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err, _ = handshake(&tls.Config{Certificates: []tls.Certificate{wrongName}}, certs.ClientConfig("demo"))
+		var hostname x509.HostnameError
+		fmt.Println("wrong name refused:", errors.As(err, &hostname))
+
+		// Mutual TLS: the server verifies client certificates of the CA.
+		server := certs.ServerConfig("demo")
+		server.ClientCAs = ca.Roots()
+		server.ClientAuth = tls.RequireAndVerifyClientCert
+		client := certs.ClientConfig("demo")
+		client.Certificates = []tls.Certificate{ca.Client(t, "alice")}
+		_, err = handshake(server, client)
+		fmt.Println("client certificate accepted:", err == nil)
+		client.Certificates = []tls.Certificate{udppooltest.TLS(t).CA.Client(t, "mallory")}
+		_, err = handshake(server, client)
+		fmt.Println("client certificate of another CA accepted:", err == nil)
+	})
+	// Output:
+	// rotated certificate trusted: true
+	// expired certificate refused: true
+	// wrong name refused: true
+	// client certificate accepted: true
+	// client certificate of another CA accepted: false
+}
+
+// TestExampleHost runs ExampleHost, whose output go test does not compare
+// because the example is skipped where namespaces are not available, and
+// compares its output where it runs.
+func TestExampleHost(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := make(chan string, 1)
+	go func() {
+		b, _ := io.ReadAll(r)
+		read <- string(b)
+	}()
+	stdout := os.Stdout
+	os.Stdout = w
+	func() {
+		defer func() { os.Stdout = stdout }()
+		ExampleHost()
+	}()
+	w.Close()
+	out := <-read
+	r.Close()
+	if reason, ok := strings.CutPrefix(out, "SKIP: "); ok {
+		t.Skip(strings.TrimSpace(reason))
+	}
+	want := "wildcard socket: udp ::\nhello from 2001:db8::2 to 2001:db8::1\n"
+	if out != want {
+		t.Errorf("ExampleHost printed\n%s\nwant\n%s", out, want)
+	}
 }

@@ -1,0 +1,92 @@
+// Package udppool shares UDP sockets, and the QUIC transports on them,
+// among the parts of one process. Every part that asks for an address (the
+// old and the new configuration during a reload, a QUIC server and a
+// plain-UDP protocol on its port, a server and the connections it dials
+// out) gets a reference to the one socket for it, and the socket stays
+// open until the last reference is closed.
+//
+// It exists because UDP sockets fail quietly. A dual-stack wildcard socket,
+// handed to quic-go through a thin wrapper, answered IPv6 clients while
+// every IPv4 handshake timed out; a stale socket left in a SO_REUSEPORT
+// group took every IPv4 datagram of its port; and quic-go allows one
+// transport per socket and one listener per transport, so a reload that
+// replaces either refuses handshakes or drops connections. udppool binds
+// each local socket once, refuses binds that would overlap one it holds,
+// keeps quic-go's fast path (batched reads, GSO, ECN, packet info), and
+// hands QUIC listeners over without closing the port.
+//
+// # Three ways to use it
+//
+// Shared sockets. [Pool.ListenPacket] returns a [*Conn], a handle to the
+// socket for a network ("udp", "udp4" or "udp6") and an address, binding
+// it on first use. A Conn is a [net.PacketConn] and a drop-in for
+// [*net.UDPConn]; its deadlines and Close are its own, so closing one
+// handle never disturbs another. Each datagram goes to one reader: sharing
+// hands a socket from one owner to the next, it does not fan datagrams
+// out.
+//
+// Shared QUIC transports. [Pool.Transport] returns a [*Transport], a
+// reference to the one [quic.Transport] on the socket (quic-go allows one
+// per socket, and closing it closes every connection on it).
+// [Transport.Listen] and [Transport.ListenEarly] open logical listeners
+// ([*Listener]): several may be open at once, each handshake goes to the
+// newest one serving the ALPN protocol the client asked for, and closing
+// a Listener closes none of the connections it accepted. A Listener
+// satisfies http3.QUICListener, so (*http3.Server).ServeListener serves
+// HTTP/3 on it. [Pool.Dial] dials from a pooled transport, or from one the
+// pool binds for the dial and closes after it.
+//
+// Test helpers. Package [github.com/udppool/udppool/udppooltest] gives
+// tests loopback sockets, a certificate authority, connected QUIC pairs,
+// simulated IPv4-only, IPv6-only and dual-stack hosts in network
+// namespaces, and a check that nothing leaked.
+//
+// # Rules
+//
+// One key, one socket. Requests are normalized to a [Key], the socket Go
+// would really bind: "udp" ":443", "udp" "0.0.0.0:443" and "udp"
+// "[::]:443" are all the dual-stack socket on [::]:443, and share it. Port
+// 0 always binds a new socket, known afterwards by the port it got. A
+// "udp" wildcard serves both families where the host has both, from one
+// dual-stack socket or, where dual-stack and quic-go do not mix (the BSDs)
+// or with [WithSplitStack], from an IPv4 and an IPv6-only socket behind
+// the same Transport.
+//
+// No overlapping sockets. A request whose addresses overlap a socket the
+// pool holds on the same port, such as "udp4" "0.0.0.0:443" beside the
+// dual-stack "udp" ":443", fails with [ErrOverlap]: the kernel would give
+// the more specific socket every datagram of its family.
+//
+// Reloads open first and close second. To change a QUIC server's
+// configuration, open a Listener with the new configuration on the same
+// Transport, then Close (or [Listener.Shutdown], which also waits for its
+// connections to end) the old one. The port never closes, no handshake is
+// refused, and [Pool.Stats] shows each listener generation draining.
+//
+// Across processes, the pool only lets a successor bind. On Linux, the
+// BSDs and macOS the pool sets SO_REUSEPORT (unless [WithReusePort] turns
+// it off), so that a new process can bind the same address while the old
+// one still serves it; on Windows it binds exclusively. Nothing more
+// crosses processes yet: the pool neither hands sockets to a new process
+// nor steers datagrams between processes, and the kernel splits a
+// reuseport group's datagrams by hash, so while two processes serve a
+// QUIC port, some datagrams of the old process's connections reach the
+// new one, which drops them or, with a stateless reset key, resets those
+// connections. [Pool.Check] finds sockets outside the pool on a pooled
+// port (Linux only).
+//
+// # Watching it
+//
+// [Pool.Stats] lists sockets, references and listener generations.
+// [Pool.Check] and [WithRefuseForeign] look for foreign sockets,
+// [WithDeadSocketHook] reports sockets the pool had to replace, and
+// [WithLeakReport] reports handles garbage-collected without Close.
+//
+// # Errors
+//
+// Errors of ListenPacket and Transport are [*Error] values that name the
+// request and wrap a sentinel such as [ErrOverlap] or [ErrPortRange], or
+// the system's error: errors.Is(err, syscall.EADDRINUSE) works. Operations
+// on handles and connections return [*net.OpError] values as the net
+// package does.
+package udppool
