@@ -22,7 +22,7 @@ import (
 //     closed, and no released socket still lingers (with
 //     udppool.WithLinger, use Pool instead: it tolerates lingering sockets
 //     and closes the pool after its check). Like goleak, it checks again
-//     for about a second before it reports, since a dialled connection
+//     for half a second before it reports, since a dialled connection
 //     releases its socket a moment after it closed. p may be nil to check
 //     only goroutines and descriptors.
 //   - no goroutine started since the call is still running (go.uber.org/
@@ -94,9 +94,9 @@ func noLeaks(t testing.TB, p *udppool.Pool, owned bool) {
 }
 
 // retryMax is the longest pause between the checks of a pool that still
-// holds sockets; the pauses double from a millisecond up to it, about a
+// holds sockets; the pauses double from a millisecond up to it, half a
 // second in all, as goleak's retries do.
-const retryMax = 512 * time.Millisecond
+const retryMax = 256 * time.Millisecond
 
 // heldSockets describes the sockets of p that count as leaked: those with
 // references, or, if the check does not own p, all of them.
