@@ -1,9 +1,9 @@
 // Package udppool shares UDP sockets, and the QUIC transports on them,
 // among the parts of one process. Every part that asks for an address (the
-// old and the new configuration during a reload, a QUIC server and a
-// plain-UDP protocol on its port, a server and the connections it dials
-// out) gets a reference to the one socket for it, and the socket stays
-// open until the last reference is closed.
+// old and the new configuration during a reload, a QUIC server and the
+// connections it dials out from its port) gets a reference to the one
+// socket for it, and the socket stays open until the last reference is
+// closed.
 //
 // It exists because UDP sockets fail quietly. A dual-stack wildcard socket,
 // handed to quic-go through a thin wrapper, answered IPv6 clients while
@@ -52,6 +52,12 @@
 // or with [WithSplitStack], from an IPv4 and an IPv6-only socket behind
 // the same Transport.
 //
+// Plain or QUIC. Each datagram goes to one reader, and quic-go must see
+// every datagram of its socket, so a socket is served either by
+// ListenPacket handles or by one QUIC transport ([ErrHasConns],
+// [ErrOwnedByTransport]); other UDP traffic on a QUIC port goes through
+// [Transport.ReadNonQUICPacket] and [Transport.WriteTo].
+//
 // No overlapping sockets. A request whose addresses overlap a socket the
 // pool holds on the same port, such as "udp4" "0.0.0.0:443" beside the
 // dual-stack "udp" ":443", fails with [ErrOverlap]: the kernel would give
@@ -77,7 +83,10 @@
 //
 // # Watching it
 //
-// [Pool.Stats] lists sockets, references and listener generations.
+// [Pool.Stats] lists sockets, references, send errors by kind and listener
+// generations with the connections they accepted. [WithLogger] logs, with
+// log/slog, sockets bound and closed, generations opened, retired and
+// drained, and everything that went wrong; the pool is silent without it.
 // [Pool.Check] and [WithRefuseForeign] look for foreign sockets,
 // [WithDeadSocketHook] reports sockets the pool had to replace, and
 // [WithLeakReport] reports handles garbage-collected without Close.
