@@ -213,12 +213,12 @@ func (c *Conn) Read(b []byte) (n int, err error) {
 	return n, err
 }
 
-// WriteTo implements net.PacketConn. A nil addr, an address other than a
-// *net.UDPAddr, or one without IP address or port fails with an error
-// wrapping ErrMissingAddr or ErrNotUDPAddr, before the socket sees it.
+// WriteTo implements net.PacketConn. A nil addr or an address other than
+// a *net.UDPAddr fails with an error wrapping ErrMissingAddr or
+// ErrNotUDPAddr, before the socket sees it.
 func (c *Conn) WriteTo(b []byte, addr net.Addr) (n int, err error) {
-	if _, err := checkDestination(addr); err != nil {
-		// The kernel's EINVAL for these would not say what was wrong.
+	if _, err := udpAddr(addr); err != nil {
+		// The net package's EINVAL for these would not say what was wrong.
 		return 0, &net.OpError{Op: "write", Net: c.entry.sock.laddr.Network(), Source: c.entry.sock.laddr, Err: err}
 	}
 	err = c.write(addr, func() (err error) {

@@ -42,9 +42,9 @@ func WithLocalPort(port uint16) DialOption {
 // connection dialled on it. Closing the Pool closes every connection.
 //
 // Errors are *net.OpError values. A destination that is nil, not a
-// *net.UDPAddr, or without an IP address or port fails at once with
-// ErrMissingAddr or ErrNotUDPAddr; errors of quic-go's handshake are
-// returned as they are.
+// *net.UDPAddr, or without an IP address or port fails at once with an
+// error wrapping ErrMissingAddr or ErrNotUDPAddr; errors of quic-go's
+// handshake are returned as they are.
 func (p *Pool) Dial(ctx context.Context, addr net.Addr, tlsConf *tls.Config, conf *quic.Config, opts ...DialOption) (*quic.Conn, error) {
 	var o dialOptions
 	for _, opt := range opts {

@@ -47,7 +47,8 @@ var errPortTaken = fmt.Errorf("port taken by a pooled socket: %w", errAddrInUse)
 // crashes, or the kernel, whose EINVAL does not say what was wrong.
 var (
 	// ErrMissingAddr reports a destination that is nil (a nil net.Addr or
-	// a nil *net.UDPAddr), has no valid IP address, or has port 0.
+	// a nil *net.UDPAddr) or, for Dial and Transport.WriteTo, has no valid
+	// IP address or port 0.
 	ErrMissingAddr = errors.New("missing destination address")
 	// ErrNotUDPAddr reports a destination that is not a *net.UDPAddr, such
 	// as a *net.TCPAddr.

@@ -251,14 +251,9 @@ func destination(op string, addr net.Addr) (netip.Addr, error) {
 // checkDestination returns the IP address of a UDP destination, unmapped,
 // or an error wrapping ErrMissingAddr or ErrNotUDPAddr.
 func checkDestination(addr net.Addr) (netip.Addr, error) {
-	ua, ok := addr.(*net.UDPAddr)
-	switch {
-	case addr == nil:
-		return netip.Addr{}, fmt.Errorf("%w: nil net.Addr", ErrMissingAddr)
-	case !ok:
-		return netip.Addr{}, fmt.Errorf("%w: %T %v", ErrNotUDPAddr, addr, addr)
-	case ua == nil:
-		return netip.Addr{}, fmt.Errorf("%w: nil *net.UDPAddr", ErrMissingAddr)
+	ua, err := udpAddr(addr)
+	if err != nil {
+		return netip.Addr{}, err
 	}
 	ap := ua.AddrPort()
 	switch {
@@ -268,6 +263,21 @@ func checkDestination(addr net.Addr) (netip.Addr, error) {
 		return netip.Addr{}, fmt.Errorf("%w: port 0 in %v", ErrMissingAddr, ua)
 	}
 	return ap.Addr().Unmap(), nil
+}
+
+// udpAddr returns addr as a *net.UDPAddr, or an error wrapping
+// ErrMissingAddr or ErrNotUDPAddr.
+func udpAddr(addr net.Addr) (*net.UDPAddr, error) {
+	ua, ok := addr.(*net.UDPAddr)
+	switch {
+	case addr == nil:
+		return nil, fmt.Errorf("%w: nil net.Addr", ErrMissingAddr)
+	case !ok:
+		return nil, fmt.Errorf("%w: %T %v", ErrNotUDPAddr, addr, addr)
+	case ua == nil:
+		return nil, fmt.Errorf("%w: nil *net.UDPAddr", ErrMissingAddr)
+	}
+	return ua, nil
 }
 
 // reachesFamily reports whether the socket of k can send to IPv4 (v4) or
