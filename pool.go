@@ -370,7 +370,7 @@ func (p *Pool) bound(e *entry, s *socket, err error) (*Conn, error) {
 	e.sock = s
 	close(e.ready)
 	p.mu.Unlock()
-	p.opts.log.Debug("udppool: socket bound", keyAttr(e.key), slog.String("local", s.laddr.String()))
+	p.logBound(e)
 	return p.newConn(e), nil
 }
 
@@ -403,8 +403,12 @@ func (p *Pool) acquireNew(ctx context.Context, k Key, o acquireOpts) (*Conn, err
 	e.sock = s
 	close(e.ready)
 	p.insert(e)
-	p.opts.log.Debug("udppool: socket bound", keyAttr(k), slog.String("local", s.laddr.String()))
+	p.logBound(e)
 	return p.newConn(e), nil
+}
+
+func (p *Pool) logBound(e *entry) {
+	p.opts.log.Debug("udppool: socket bound", keyAttr(e.key), slog.String("local", e.sock.laddr.String()))
 }
 
 // newEntry returns an entry holding one reference, for its creator.
@@ -502,7 +506,7 @@ func (p *Pool) linger(e *entry, gen int) {
 	var check func()
 	check = func() {
 		p.mu.Lock()
-		lingering := e.refs.Load() == 0 && !e.closing.Load() && e.lingerGen == gen
+		lingering := e.lingers(gen)
 		p.mu.Unlock()
 		if !lingering {
 			return
@@ -522,10 +526,16 @@ func (p *Pool) linger(e *entry, gen int) {
 	check()
 }
 
+// lingers reports whether e is released and has not been acquired since
+// the release that started linger generation gen. Pool.mu must be held.
+func (e *entry) lingers(gen int) bool {
+	return e.refs.Load() == 0 && !e.closing.Load() && e.lingerGen == gen
+}
+
 // expire closes e when its linger time ends, unless it was acquired since.
 func (p *Pool) expire(e *entry, gen int) {
 	p.mu.Lock()
-	if e.refs.Load() > 0 || e.closing.Load() || e.lingerGen != gen {
+	if !e.lingers(gen) {
 		p.mu.Unlock()
 		return
 	}
