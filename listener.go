@@ -154,6 +154,9 @@ func (st *sharedTransport) newQUICTransport() *quic.Transport {
 		}
 	}
 	qt.Conn = st.conn
+	if u := st.pool.opts.upgrader; u != nil {
+		u.setupTransport(qt, st)
+	}
 	user := qt.ConnContext
 	qt.ConnContext = func(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
 		if user != nil {

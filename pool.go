@@ -73,6 +73,7 @@ type options struct {
 	log     *slog.Logger
 
 	refuseForeign bool
+	upgrader      *Upgrader
 }
 
 // An Option configures a Pool.
@@ -124,6 +125,9 @@ func New(opts ...Option) *Pool {
 	}
 	for _, o := range opts {
 		o(&p.opts)
+	}
+	if p.opts.upgrader != nil {
+		p.opts.upgrader.register(p)
 	}
 	return p
 }
@@ -285,7 +289,7 @@ func (p *Pool) acquire(ctx context.Context, k Key, o acquireOpts) (*Conn, error)
 			p.mu.Unlock()
 			// The bind runs outside Pool.mu so that a slow bind (a
 			// Control function, a resolver) does not hold up other keys.
-			s, err := bind(ctx, k, p.bindOpts(k, o))
+			s, err := p.bindKey(ctx, k, p.bindOpts(k, o))
 			if err == nil {
 				if err = p.refuseForeign(k, s); err != nil {
 					s.conn.Close()

@@ -1,0 +1,414 @@
+package udppool
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"golang.org/x/net/ipv4"
+)
+
+// forwardConn is the PacketConn that a QUIC transport of an upgrading pool
+// reads through. Datagrams that arrive on the socket go to quic-go as
+// before, in batches and directly from the socket, unless another
+// generation is alive and the datagram is that generation's: then it is
+// forwarded to that process, with its source address and control messages,
+// over the upgrade's datagram socket pair. Datagrams forwarded by the other
+// process are merged into the reads. While only one generation runs the
+// only cost is one atomic load per batch.
+type forwardConn struct {
+	*Conn // quic-go's handle: writes, socket options, LocalAddr
+	u      *Upgrader
+	key    Key
+	keyStr string
+	shared bool // the socket is inherited: one generation reads it at a time
+	batch  *ipv4.PacketConn
+
+	mu       sync.Mutex
+	pending  []forwarded
+	deadline time.Time // quic-go's read deadline
+	woken    bool      // the handle's deadline was moved to wake a read
+	notify   chan struct{}
+}
+
+// forwarded is a datagram received from the other generation.
+type forwarded struct {
+	addr *net.UDPAddr
+	oob  []byte
+	data []byte
+}
+
+// maxPending bounds the forwarded datagrams waiting for a read; beyond it
+// they are dropped, as a full socket buffer drops them.
+const maxPending = 1024
+
+var _ quic.OOBCapablePacketConn = (*forwardConn)(nil)
+
+// setupTransport makes qt issue this generation's connection IDs and read
+// through a forwardConn. Pool.mu is held.
+func (u *Upgrader) setupTransport(qt *quic.Transport, st *sharedTransport) {
+	qt.ConnectionIDLength = 0
+	qt.ConnectionIDGenerator = cidGenerator{codec: u.codec, gen: u.gen}
+	f := &forwardConn{
+		Conn: st.conn, u: u, key: st.entry.key, keyStr: st.entry.key.String(),
+		notify: make(chan struct{}, 1),
+	}
+	f.batch = ipv4.NewPacketConn(f.Conn)
+	u.mu.Lock()
+	f.shared = u.shared[f.key]
+	u.mu.Unlock()
+	u.connsMu.Lock()
+	u.conns[f.keyStr] = f
+	u.connsMu.Unlock()
+	qt.Conn = f
+}
+
+// lookup returns the transport of key, forgetting closed ones.
+func (u *Upgrader) lookup(key string) *forwardConn {
+	u.connsMu.Lock()
+	defer u.connsMu.Unlock()
+	f := u.conns[key]
+	if f != nil && f.Conn.closed.Load() {
+		delete(u.conns, key)
+		return nil
+	}
+	return f
+}
+
+// readsSocket reports whether this process reads the socket now. A shared
+// (inherited) socket is read by the accepting generation only, so that the
+// other gets its datagrams by forwarding instead of taking a share of the
+// new generation's; a socket of its own is always read.
+func (f *forwardConn) readsSocket(st *routeState) bool {
+	return !f.shared || st.accepting || st.peer == nil
+}
+
+// kick wakes a read so that it reconsiders where to read from.
+func (f *forwardConn) kick() {
+	f.mu.Lock()
+	f.wake()
+	f.mu.Unlock()
+}
+
+// wake interrupts a read on the socket and a wait for forwarded datagrams.
+// f.mu must be held.
+func (f *forwardConn) wake() {
+	select {
+	case f.notify <- struct{}{}:
+	default:
+	}
+	if !f.woken {
+		f.woken = true
+		f.Conn.SetReadDeadline(pastDeadline)
+	}
+}
+
+// enqueue adds a datagram forwarded by the other generation.
+func (f *forwardConn) enqueue(pkt forwarded) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.pending) >= maxPending {
+		return
+	}
+	f.pending = append(f.pending, pkt)
+	f.wake()
+}
+
+// SetReadDeadline records quic-go's deadline, which it sets to stop its
+// reader, and applies it unless a wake-up is under way (which restores it).
+func (f *forwardConn) SetReadDeadline(t time.Time) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.deadline = t
+	select {
+	case f.notify <- struct{}{}:
+	default:
+	}
+	if f.woken {
+		return nil
+	}
+	return f.Conn.SetReadDeadline(t)
+}
+
+// SetDeadline sets both deadlines, the read one as SetReadDeadline does.
+func (f *forwardConn) SetDeadline(t time.Time) error {
+	if err := f.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return f.Conn.SetWriteDeadline(t)
+}
+
+// woke reports whether a read that failed with err was interrupted by
+// wake, and if so restores quic-go's deadline.
+func (f *forwardConn) woke(err error) bool {
+	if !isTimeout(err) {
+		return false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.woken {
+		return false
+	}
+	f.woken = false
+	f.Conn.SetReadDeadline(f.deadline)
+	return true
+}
+
+// takePending moves forwarded datagrams into ms.
+func (f *forwardConn) takePending(ms []ipv4.Message) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for n < len(ms) && n < len(f.pending) {
+		pkt := f.pending[n]
+		m := &ms[n]
+		m.N = copy(m.Buffers[0], pkt.data)
+		m.NN = copy(m.OOB, pkt.oob)
+		m.Addr = pkt.addr
+		m.Flags = 0
+		n++
+	}
+	f.pending = f.pending[n:]
+	if len(f.pending) == 0 {
+		f.pending = nil
+	}
+	return n
+}
+
+// ReadBatch reads datagrams for quic-go (which uses it instead of its own
+// batch reads when the conn has it): forwarded ones first, then a batch
+// from the socket, from which it forwards the other generation's.
+func (f *forwardConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
+	for {
+		if n := f.takePending(ms); n > 0 {
+			return n, nil
+		}
+		st := f.u.state.Load()
+		if !f.readsSocket(st) {
+			if err := f.waitPending(); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		n, err := f.batch.ReadBatch(ms, flags)
+		if err != nil {
+			if f.woke(err) {
+				continue
+			}
+			return 0, err
+		}
+		if st.peer != nil {
+			n = f.route(st, ms[:n])
+		}
+		if n > 0 {
+			return n, nil
+		}
+	}
+}
+
+// waitPending waits, while the socket is the other generation's to read,
+// until a datagram is forwarded, the state changes or quic-go's deadline
+// passes.
+func (f *forwardConn) waitPending() error {
+	f.mu.Lock()
+	n, dl := len(f.pending), f.deadline
+	f.woken = false // nothing is blocked on the socket now
+	f.Conn.SetReadDeadline(dl)
+	f.mu.Unlock()
+	if n > 0 {
+		return nil
+	}
+	var expire <-chan time.Time
+	if !dl.IsZero() {
+		d := time.Until(dl)
+		if d <= 0 {
+			return &net.OpError{Op: "read", Net: "udp", Source: f.LocalAddr(), Err: os.ErrDeadlineExceeded}
+		}
+		t := time.NewTimer(d)
+		defer t.Stop()
+		expire = t.C
+	}
+	select {
+	case <-f.notify:
+	case <-expire:
+	}
+	return nil
+}
+
+// ReadFrom serves quic-go where it reads single datagrams (systems without
+// its batch reads), through ReadBatch.
+func (f *forwardConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	ms := []ipv4.Message{{Buffers: [][]byte{b}}}
+	if _, err := f.ReadBatch(ms, 0); err != nil {
+		return 0, nil, err
+	}
+	return ms[0].N, ms[0].Addr, nil
+}
+
+// route forwards the datagrams of ms that belong to the other generation
+// and moves the rest to the front, returning their number. Datagrams are
+// copied, not their buffers swapped: quic-go ties each buffer to its index.
+func (f *forwardConn) route(st *routeState, ms []ipv4.Message) int {
+	kept := 0
+	for i := range ms {
+		m := &ms[i]
+		if f.u.owner(st, m.Buffers[0][:m.N]) != nil {
+			f.u.forward(st.peer, f.keyStr, m)
+			continue
+		}
+		if kept != i {
+			k := &ms[kept]
+			k.N = copy(k.Buffers[0], m.Buffers[0][:m.N])
+			k.NN = copy(k.OOB, m.OOB[:m.NN])
+			k.Addr, k.Flags = m.Addr, m.Flags
+		}
+		kept++
+	}
+	return kept
+}
+
+// owner returns the peer that a datagram belongs to, or nil if it is this
+// generation's.
+func (u *Upgrader) owner(st *routeState, b []byte) *peer {
+	if st.peer == nil {
+		return nil
+	}
+	if len(b) > 0 && b[0]&quicFixedBit != 0 {
+		var id []byte
+		handshake := false
+		if b[0]&quicLongHeader == 0 {
+			if len(b) >= shortDCIDOff+cidLen {
+				id = b[shortDCIDOff : shortDCIDOff+cidLen]
+			}
+		} else {
+			pc := u.codec.classify(b)
+			if pc.owned {
+				if pc.gen == st.self {
+					return nil
+				}
+				if pc.gen == st.peer.gen {
+					return st.peer
+				}
+			}
+			handshake = pc.handshake
+		}
+		if id != nil && id[0] == cidFirst {
+			// A short header: it is a handshake's only if it looks like
+			// nobody's, and the check octets are worth computing only for
+			// the other generation's IDs (the kernel sends our own here).
+			gen := binary.BigEndian.Uint16(id[cidGenOff:])
+			if gen == st.self {
+				return nil
+			}
+			if gen, ok := u.codec.generation(id); ok && gen == st.peer.gen {
+				return st.peer
+			}
+		}
+		if !handshake {
+			return nil
+		}
+	}
+	// A handshake, or not QUIC: the accepting generation's.
+	if st.accepting {
+		return nil
+	}
+	return st.peer
+}
+
+// Forwarded datagram layout: key length, key, address length (4 or 16),
+// address, port, control message length (2 octets), control messages,
+// payload.
+func encodeForward(buf []byte, key string, m *ipv4.Message) []byte {
+	ua, _ := m.Addr.(*net.UDPAddr)
+	if ua == nil {
+		return nil
+	}
+	ap := ua.AddrPort()
+	ip := ap.Addr().AsSlice()
+	buf = append(buf, byte(len(key)))
+	buf = append(buf, key...)
+	buf = append(buf, byte(len(ip)))
+	buf = append(buf, ip...)
+	buf = binary.BigEndian.AppendUint16(buf, ap.Port())
+	buf = binary.BigEndian.AppendUint16(buf, uint16(m.NN))
+	buf = append(buf, m.OOB[:m.NN]...)
+	return append(buf, m.Buffers[0][:m.N]...)
+}
+
+func decodeForward(b []byte) (key string, pkt forwarded, ok bool) {
+	take := func(n int) []byte {
+		if n > len(b) {
+			ok = false
+			return nil
+		}
+		s := b[:n]
+		b = b[n:]
+		return s
+	}
+	ok = true
+	kl := take(1)
+	if !ok {
+		return
+	}
+	key = string(take(int(kl[0])))
+	al := take(1)
+	if !ok {
+		return
+	}
+	ipb := take(int(al[0]))
+	port := take(2)
+	ol := take(2)
+	if !ok {
+		return
+	}
+	ip, valid := netip.AddrFromSlice(ipb)
+	if !valid {
+		return "", forwarded{}, false
+	}
+	oob := take(int(binary.BigEndian.Uint16(ol)))
+	if !ok {
+		return
+	}
+	pkt = forwarded{
+		addr: net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip, binary.BigEndian.Uint16(port))),
+		oob:  append([]byte(nil), oob...),
+		data: append([]byte(nil), b...),
+	}
+	return key, pkt, true
+}
+
+// forward sends a datagram to the other generation. A full socket pair
+// drops it, as a full socket buffer would.
+func (u *Upgrader) forward(to *peer, key string, m *ipv4.Message) {
+	bp := fwdBufs.Get().(*[]byte)
+	if b := encodeForward((*bp)[:0], key, m); b != nil {
+		sendForward(to, b)
+		*bp = b
+	}
+	fwdBufs.Put(bp)
+}
+
+var fwdBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+// receive moves the datagrams that the other generation forwards into the
+// reads of this process's transports, until the socket pair closes.
+func (u *Upgrader) receive(s *peer) {
+	buf := make([]byte, 1<<16+1024)
+	for {
+		n, err := s.fwd.Read(buf)
+		if err != nil {
+			return
+		}
+		key, pkt, ok := decodeForward(buf[:n])
+		if !ok {
+			continue
+		}
+		if f := u.lookup(key); f != nil {
+			f.enqueue(pkt)
+		}
+	}
+}

@@ -1,0 +1,329 @@
+//go:build unix
+
+package udppool
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// hello is the predecessor's first control message: the successor's
+// generation, the connection ID secret and the sockets, whose descriptors
+// travel with it in the same order.
+type hello struct {
+	Gen     uint16
+	PredGen uint16
+	Key     []byte
+	Sockets []helloSocket
+}
+
+type helloSocket struct {
+	Network string
+	Addr    string
+	QUIC    bool // the predecessor serves QUIC on it
+}
+
+// helloTimeout bounds the successor's wait for the hello, which the
+// predecessor sends right after starting it.
+const helloTimeout = 30 * time.Second
+
+// start starts the successor and sends it the hello.
+func (u *Upgrader) start(ctx context.Context) (*peer, error) {
+	ctrl, ctrlChild, err := socketPair(unix.SOCK_STREAM)
+	if err != nil {
+		return nil, err
+	}
+	fwd, fwdChild, err := socketPair(unix.SOCK_DGRAM)
+	if err != nil {
+		ctrl.Close()
+		ctrlChild.Close()
+		return nil, err
+	}
+	s := &peer{gen: u.gen + 1, ctrl: ctrl, fwd: fwd, gone: make(chan struct{})}
+	if s.gen == 0 {
+		s.gen = 1
+	}
+	if s.raw, err = fwd.SyscallConn(); err != nil {
+		s.close()
+		return nil, err
+	}
+	cmd, err := u.command(ctx)
+	if err == nil {
+		n := 3 + len(cmd.ExtraFiles)
+		cmd.ExtraFiles = append(cmd.ExtraFiles, ctrlChild, fwdChild)
+		if cmd.Env == nil {
+			cmd.Env = os.Environ()
+		}
+		cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d,%d", upgradeEnv, n, n+1))
+		err = cmd.Start()
+	}
+	ctrlChild.Close()
+	fwdChild.Close()
+	if err != nil {
+		s.close()
+		return nil, fmt.Errorf("starting successor: %w", err)
+	}
+	s.cmd = cmd
+	if err := u.sendHello(s); err != nil {
+		s.kill()
+		return nil, fmt.Errorf("handing sockets to the successor: %w", err)
+	}
+	return s, nil
+}
+
+func (u *Upgrader) command(ctx context.Context) (*exec.Cmd, error) {
+	if u.opts.command != nil {
+		return u.opts.command(ctx)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(exe, os.Args[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	return cmd, nil
+}
+
+// socketPair returns a connected pair of Unix sockets: this process's end,
+// and the successor's as a blocking file for exec.Cmd.ExtraFiles.
+func socketPair(typ int) (*net.UnixConn, *os.File, error) {
+	// As the net package does: no fork between creating the descriptors
+	// and marking them close-on-exec (not every system has SOCK_CLOEXEC).
+	syscall.ForkLock.RLock()
+	fds, err := unix.Socketpair(unix.AF_UNIX, typ, 0)
+	if err == nil {
+		unix.CloseOnExec(fds[0])
+		unix.CloseOnExec(fds[1])
+	}
+	syscall.ForkLock.RUnlock()
+	if err != nil {
+		return nil, nil, os.NewSyscallError("socketpair", err)
+	}
+	if typ == unix.SOCK_DGRAM {
+		// Room for bursts of forwarded datagrams; the kernel caps it.
+		for _, fd := range fds {
+			unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20)
+			unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+		}
+	}
+	c, err := fileUnixConn(os.NewFile(uintptr(fds[0]), "udppool-upgrade"))
+	if err != nil {
+		unix.Close(fds[1])
+		return nil, nil, err
+	}
+	return c, os.NewFile(uintptr(fds[1]), "udppool-upgrade"), nil
+}
+
+// fileUnixConn turns f into a *net.UnixConn and closes f.
+func fileUnixConn(f *os.File) (*net.UnixConn, error) {
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, err
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("descriptor %s is a %T, not a Unix socket", f.Name(), c)
+	}
+	return uc, nil
+}
+
+// sendHello sends the hello with duplicates of the descriptors of every
+// socket of u's pools.
+func (u *Upgrader) sendHello(s *peer) error {
+	h := hello{Gen: s.gen, PredGen: u.gen, Key: u.key[:]}
+	var fds []int
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}()
+	u.mu.Lock()
+	pools := append([]*Pool(nil), u.pools...)
+	u.mu.Unlock()
+	for _, p := range pools {
+		p.mu.Lock()
+		for _, e := range p.entries {
+			if e.sock == nil || e.closing.Load() {
+				continue
+			}
+			var fd int
+			var derr error
+			if err := e.sock.raw.Control(func(sfd uintptr) {
+				fd, derr = unix.FcntlInt(sfd, unix.F_DUPFD_CLOEXEC, 0)
+			}); err != nil || derr != nil {
+				continue // closing: nothing to hand over
+			}
+			fds = append(fds, fd)
+			h.Sockets = append(h.Sockets, helloSocket{Network: e.key.Network, Addr: e.key.Addr.String(), QUIC: e.qt != nil})
+		}
+		p.mu.Unlock()
+	}
+	body, err := json.Marshal(h)
+	if err != nil {
+		return err
+	}
+	frame := binary.BigEndian.AppendUint32(nil, uint32(len(body)))
+	frame = append(frame, body...)
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	n, _, err := s.ctrl.WriteMsgUnix(frame, oob, nil)
+	if err == nil && n < len(frame) {
+		_, err = s.ctrl.Write(frame[n:])
+	}
+	return err
+}
+
+// connectPredecessor takes over the control and forwarding sockets named by
+// the environment variable's value ("ctrl,fwd" descriptor numbers) and
+// reads the hello.
+func (u *Upgrader) connectPredecessor(env string) error {
+	a, b, ok := strings.Cut(env, ",")
+	cfd, err1 := strconv.Atoi(a)
+	ffd, err2 := strconv.Atoi(b)
+	if !ok || err1 != nil || err2 != nil {
+		return fmt.Errorf("malformed %s=%q", upgradeEnv, env)
+	}
+	unix.CloseOnExec(cfd)
+	unix.CloseOnExec(ffd)
+	ctrl, err := fileUnixConn(os.NewFile(uintptr(cfd), "udppool-upgrade"))
+	if err != nil {
+		unix.Close(ffd)
+		return err
+	}
+	fwd, err := fileUnixConn(os.NewFile(uintptr(ffd), "udppool-upgrade"))
+	if err != nil {
+		ctrl.Close()
+		return err
+	}
+	s := &peer{ctrl: ctrl, fwd: fwd, gone: make(chan struct{})}
+	if s.raw, err = fwd.SyscallConn(); err != nil {
+		s.close()
+		return err
+	}
+	h, files, err := readHello(ctrl)
+	if err != nil {
+		s.close()
+		return err
+	}
+	if len(h.Key) != len(u.key) || h.Gen == 0 {
+		s.close()
+		for _, f := range files {
+			f.Close()
+		}
+		return errors.New("malformed hello")
+	}
+	copy(u.key[:], h.Key)
+	u.codec = newCIDCodec(u.key)
+	u.gen, s.gen = h.Gen, h.PredGen
+	for i, hs := range h.Sockets {
+		ap, err := netip.ParseAddrPort(hs.Addr)
+		if err != nil {
+			files[i].Close()
+			continue
+		}
+		k := Key{Network: hs.Network, Addr: ap}
+		u.inherited[k] = files[i]
+		u.predKeys[k] = true
+		u.predQUIC[k] = hs.QUIC
+	}
+	u.pred = s
+	u.publish()
+	go u.watchPredecessor(s)
+	go u.receive(s)
+	return nil
+}
+
+// readHello reads the hello and the descriptors that come with it.
+func readHello(ctrl *net.UnixConn) (hello, []*os.File, error) {
+	ctrl.SetReadDeadline(time.Now().Add(helloTimeout))
+	defer ctrl.SetReadDeadline(time.Time{})
+	buf := make([]byte, 64<<10)
+	oob := make([]byte, unix.CmsgSpace(4*1024))
+	n, oobn, _, _, err := ctrl.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return hello{}, nil, err
+	}
+	var files []*os.File
+	cmsgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil {
+		return hello{}, nil, err
+	}
+	for _, cm := range cmsgs {
+		fds, err := unix.ParseUnixRights(&cm)
+		if err != nil {
+			continue
+		}
+		for _, fd := range fds {
+			unix.CloseOnExec(fd)
+			files = append(files, os.NewFile(uintptr(fd), "udppool-inherited"))
+		}
+	}
+	fail := func(err error) (hello, []*os.File, error) {
+		for _, f := range files {
+			f.Close()
+		}
+		return hello{}, nil, err
+	}
+	if n < 4 {
+		if _, err := io.ReadFull(ctrl, buf[n:4]); err != nil {
+			return fail(err)
+		}
+		n = 4
+	}
+	size := int(binary.BigEndian.Uint32(buf))
+	if size > len(buf)-4 {
+		return fail(fmt.Errorf("hello of %d bytes", size))
+	}
+	if n < 4+size {
+		if _, err := io.ReadFull(ctrl, buf[n:4+size]); err != nil {
+			return fail(err)
+		}
+	}
+	var h hello
+	if err := json.Unmarshal(buf[4:4+size], &h); err != nil {
+		return fail(err)
+	}
+	if len(h.Sockets) != len(files) {
+		return fail(fmt.Errorf("hello names %d sockets, %d descriptors came", len(h.Sockets), len(files)))
+	}
+	return h, files, nil
+}
+
+// sendForward writes one forwarded datagram without waiting: a full socket
+// pair drops it.
+func sendForward(to *peer, b []byte) {
+	to.raw.Control(func(fd uintptr) {
+		unix.Write(int(fd), b)
+	})
+}
+
+// kill ends a successor that failed before ready and reaps it.
+func (s *peer) kill() {
+	s.cmd.Process.Kill()
+	s.cmd.Wait()
+	s.close()
+}
+
+// release lets a successor that took over run on its own: this process
+// has no use for its exit status.
+func (s *peer) release() {
+	s.cmd.Process.Release()
+}
