@@ -21,7 +21,7 @@ import (
 // process are merged into the reads. While only one generation runs the
 // only cost is one atomic load per batch.
 type forwardConn struct {
-	*Conn // quic-go's handle: writes, socket options, LocalAddr
+	*Conn  // quic-go's handle: writes, socket options, LocalAddr
 	u      *Upgrader
 	key    Key
 	keyStr string
@@ -53,6 +53,7 @@ var _ quic.OOBCapablePacketConn = (*forwardConn)(nil)
 func (u *Upgrader) setupTransport(qt *quic.Transport, st *sharedTransport) {
 	qt.ConnectionIDLength = 0
 	qt.ConnectionIDGenerator = cidGenerator{codec: u.codec, gen: u.gen}
+	u.trackHandshakes(qt)
 	f := &forwardConn{
 		Conn: st.conn, u: u, key: st.entry.key, keyStr: st.entry.key.String(),
 		notify: make(chan struct{}, 1),

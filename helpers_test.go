@@ -14,6 +14,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if runUpgradeChild() {
+		return
+	}
 	goleak.VerifyTestMain(m)
 }
 

@@ -484,6 +484,7 @@ func (st *sharedTransport) deliver(conn *quic.Conn, l *Listener) {
 		if l == nil {
 			st.refused.Add(1)
 			conn.CloseWithError(errorCodeNoListener, "no listener")
+			st.handshakeDone(conn)
 			return
 		}
 		if !l.early && !handshakeComplete(conn) {
@@ -492,11 +493,13 @@ func (st *sharedTransport) deliver(conn *quic.Conn, l *Listener) {
 				case <-conn.HandshakeComplete():
 					st.deliver(conn, l)
 				case <-conn.Context().Done():
+					st.handshakeDone(conn)
 				}
 			}()
 			return
 		}
 		if l.push(conn, st) {
+			st.handshakeDone(conn)
 			return
 		}
 		l = nil

@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/quic-go/quic-go"
 )
 
 // Errors of process upgrades.
@@ -82,6 +84,10 @@ type Upgrader struct {
 	ready     bool
 	pred      *peer
 	succ      *peer
+
+	hsMu       sync.Mutex
+	handshakes map[*handshake]struct{}
+	hsSettled  chan struct{} // closed when handshakes empties
 
 	predGone chan struct{} // closed once no predecessor is left
 	exit     chan struct{} // closed at the hand-over to a successor
@@ -153,16 +159,17 @@ func WithUpgrader(u *Upgrader) Option {
 // once, before the pools it serves bind anything.
 func NewUpgrader(opts ...UpgradeOption) (*Upgrader, error) {
 	u := &Upgrader{
-		opts:      upgradeOptions{readyTimeout: time.Minute},
-		conns:     make(map[string]*forwardConn),
-		socks:     make(map[Key]*socket),
-		predQUIC:  make(map[Key]bool),
-		joined:    make(map[Key]bool),
-		shared:    make(map[Key]bool),
-		predKeys:  make(map[Key]bool),
-		inherited: make(map[Key]*os.File),
-		predGone:  make(chan struct{}),
-		exit:      make(chan struct{}),
+		opts:       upgradeOptions{readyTimeout: time.Minute},
+		conns:      make(map[string]*forwardConn),
+		socks:      make(map[Key]*socket),
+		predQUIC:   make(map[Key]bool),
+		joined:     make(map[Key]bool),
+		shared:     make(map[Key]bool),
+		predKeys:   make(map[Key]bool),
+		inherited:  make(map[Key]*os.File),
+		predGone:   make(chan struct{}),
+		exit:       make(chan struct{}),
+		handshakes: make(map[*handshake]struct{}),
 	}
 	for _, o := range opts {
 		o(&u.opts)
@@ -414,9 +421,12 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 	u.handed = true
 	u.publish()
 	u.mu.Unlock()
-	close(u.exit)
 	go u.receive(s)
 	go u.watch(s)
+	// New handshakes go to the successor from now on; those already begun
+	// here finish here before the application closes its listeners.
+	u.settle()
+	close(u.exit)
 	return nil
 }
 
@@ -524,4 +534,87 @@ func (u *Upgrader) Stop() error {
 func (s *peer) close() {
 	s.ctrl.Close()
 	s.fwd.Close()
+}
+
+// Handshakes in flight. A handshake that the old generation began before
+// the hand-over must still reach a listener of the old generation, so Exit
+// closes (and the application closes its listeners) only once they have
+// been delivered, failed, or grown older than handshakeMaxAge.
+type handshakeKey struct{}
+
+type handshake struct{ started time.Time }
+
+// handshakeMaxAge bounds the wait for a handshake in flight: quic-go gives
+// up on a handshake after twice its handshake idle timeout (5 s by default).
+const handshakeMaxAge = 10 * time.Second
+
+// trackHandshakes makes qt's new connections count as handshakes in flight
+// until the pool delivers them to a listener (see handshakeDone).
+func (u *Upgrader) trackHandshakes(qt *quic.Transport) {
+	user := qt.ConnContext
+	qt.ConnContext = func(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
+		if user != nil {
+			var err error
+			if ctx, err = user(ctx, info); err != nil {
+				return ctx, err
+			}
+		}
+		h := &handshake{started: time.Now()}
+		u.hsMu.Lock()
+		for o := range u.handshakes {
+			if time.Since(o.started) > handshakeMaxAge {
+				delete(u.handshakes, o) // failed without telling
+			}
+		}
+		u.handshakes[h] = struct{}{}
+		u.hsMu.Unlock()
+		return context.WithValue(ctx, handshakeKey{}, h), nil
+	}
+}
+
+// handshakeDone ends the handshake of conn: delivered or closed.
+func (st *sharedTransport) handshakeDone(conn *quic.Conn) {
+	u := st.pool.opts.upgrader
+	if u == nil {
+		return
+	}
+	h, ok := conn.Context().Value(handshakeKey{}).(*handshake)
+	if !ok {
+		return
+	}
+	u.hsMu.Lock()
+	delete(u.handshakes, h)
+	if len(u.handshakes) == 0 && u.hsSettled != nil {
+		close(u.hsSettled)
+		u.hsSettled = nil
+	}
+	u.hsMu.Unlock()
+}
+
+// settle waits until the handshakes in flight have ended (see handshake).
+func (u *Upgrader) settle() {
+	for {
+		u.hsMu.Lock()
+		var oldest time.Time
+		for h := range u.handshakes {
+			if time.Since(h.started) > handshakeMaxAge {
+				delete(u.handshakes, h)
+			} else if oldest.IsZero() || h.started.Before(oldest) {
+				oldest = h.started
+			}
+		}
+		if len(u.handshakes) == 0 {
+			u.hsMu.Unlock()
+			return
+		}
+		ch := make(chan struct{})
+		u.hsSettled = ch
+		u.hsMu.Unlock()
+		t := time.NewTimer(handshakeMaxAge - time.Since(oldest))
+		select {
+		case <-ch:
+		case <-t.C:
+		}
+		t.Stop()
+	}
 }

@@ -1,0 +1,183 @@
+//go:build linux
+
+package udppool
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/udppool/udppool/internal/testcert"
+	"go.uber.org/goleak"
+)
+
+// The upgrade tests re-execute the test binary as the server processes: a
+// process started with upgradeChildEnv set runs upgradeChild instead of the
+// tests, and so do its successors, which Upgrade starts from the same
+// binary with the same arguments and environment.
+const (
+	upgradeChildEnv = "UDPPOOL_TEST_UPGRADE_CHILD" // the port to serve
+	upgradeFailEnv  = "UDPPOOL_TEST_UPGRADE_FAIL"  // a file whose presence makes the next successor fail
+	upgradeModeEnv  = "UDPPOOL_TEST_UPGRADE_MODE"  // "inherit" forces inherited sockets
+	upgradeDrainEnv = "UDPPOOL_TEST_UPGRADE_DRAIN" // the drain grace period
+	testALPN        = "udppool-upgrade-test"
+)
+
+// runUpgradeChild runs the server if this process is one; it reports
+// whether it was.
+func runUpgradeChild() bool {
+	port := os.Getenv(upgradeChildEnv)
+	if port == "" {
+		return false
+	}
+	if err := upgradeChild(port); err != nil {
+		fmt.Printf("error pid %d: %v\n", os.Getpid(), err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+	return true
+}
+
+// upgradeChild serves a request-response protocol over QUIC on the
+// dual-stack wildcard of port: each stream is a request, answered with
+// "pid N gen G", plus " goaway" once this process hands over, which tells
+// keep-alive clients to reconnect. Its lines on standard output tell the
+// test what happens: "ready", "upgrade-failed", "drained", "exit".
+func upgradeChild(port string) error {
+	var opts []UpgradeOption
+	if os.Getenv(upgradeModeEnv) == "inherit" {
+		opts = append(opts, WithInheritance(true))
+	}
+	opts = append(opts, WithReadyTimeout(10*time.Second))
+	u, err := NewUpgrader(opts...)
+	if err != nil {
+		return err
+	}
+	pid, gen := os.Getpid(), u.Generation()
+	p := New(WithUpgrader(u))
+	tr, err := p.Transport(context.Background(), "udp", ":"+port)
+	if err != nil {
+		return err
+	}
+	cert, err := testcert.New()
+	if err != nil {
+		return err
+	}
+	ln, err := tr.Listen(&tls.Config{Certificates: []tls.Certificate{cert.Cert}, NextProtos: []string{testALPN}},
+		&quic.Config{MaxIdleTimeout: 30 * time.Second})
+	if err != nil {
+		return err
+	}
+	if f := os.Getenv(upgradeFailEnv); f != "" && u.HasPredecessor() {
+		if data, err := os.ReadFile(f); err == nil {
+			os.Remove(f)
+			if strings.TrimSpace(string(data)) == "hang" {
+				select {} // never ready: the predecessor's timeout kills us
+			}
+			os.Exit(3) // bound, joined, and dead before ready
+		}
+	}
+	var draining atomic.Bool
+	answer := func() string {
+		s := fmt.Sprintf("pid %d gen %d", pid, gen)
+		if draining.Load() {
+			s += " goaway"
+		}
+		return s
+	}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		for {
+			conn, err := ln.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			go serveConn(conn, answer)
+		}
+	}()
+	if err := u.Ready(); err != nil {
+		return err
+	}
+	fmt.Printf("ready pid %d gen %d\n", pid, gen)
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	upgraded := make(chan error, 1)
+wait:
+	for {
+		select {
+		case sig := <-sigs:
+			if sig == syscall.SIGTERM {
+				break wait
+			}
+			go func() { upgraded <- u.Upgrade(context.Background()) }()
+		case err := <-upgraded:
+			if err != nil {
+				fmt.Printf("upgrade-failed pid %d gen %d: %v\n", pid, gen, err)
+			}
+		case <-u.Exit():
+			break wait
+		}
+	}
+	draining.Store(true)
+	grace, _ := time.ParseDuration(os.Getenv(upgradeDrainEnv))
+	ctx, cancel := context.WithTimeout(context.Background(), max(grace, time.Second))
+	forced := ln.Shutdown(ctx) != nil
+	cancel()
+	fmt.Printf("drained pid %d gen %d forced %t\n", pid, gen, forced)
+	<-served
+	tr.Close()
+	if err := u.Stop(); err != nil {
+		return err
+	}
+	signal.Stop(sigs)
+	leaks := "none"
+	if err := goleak.Find(goleak.IgnoreTopFunction("os/signal.signal_recv"), goleak.IgnoreTopFunction("os/signal.loop")); err != nil {
+		leaks = strconv.Quote(err.Error())
+	}
+	fmt.Printf("exit pid %d gen %d sockets %d leaks %s\n", pid, gen, openSockets(), leaks)
+	return nil
+}
+
+func serveConn(conn *quic.Conn, answer func() string) {
+	for {
+		str, err := conn.AcceptStream(context.Background())
+		if err != nil {
+			return
+		}
+		go func() {
+			if _, err := io.Copy(io.Discard, io.LimitReader(str, 1<<10)); err != nil {
+				str.CancelWrite(1)
+				return
+			}
+			str.Write([]byte(answer()))
+			str.Close()
+		}()
+	}
+}
+
+// openSockets counts this process's socket descriptors.
+func openSockets() int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return -1
+	}
+	n := 0
+	for _, e := range ents {
+		if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.HasPrefix(l, "socket:") {
+			n++
+		}
+	}
+	return n
+}

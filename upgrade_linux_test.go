@@ -1,0 +1,484 @@
+package udppool
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"golang.org/x/net/nettest"
+	"golang.org/x/sys/unix"
+)
+
+// upgradeServers runs the server processes of an upgrade test: the first
+// one as a child of the test, its successors as its descendants (the test
+// process is their subreaper, so it reaps each one and sees its status).
+type upgradeServers struct {
+	t     *testing.T
+	port  uint16
+	first *exec.Cmd
+
+	mu      sync.Mutex
+	lines   []string
+	changed chan struct{}
+	done    chan struct{} // the output pipe closed: every process has exited
+}
+
+// upgradeSetup says how the servers run.
+type upgradeSetup struct {
+	uid     int    // run as this user (0: as the test)
+	mode    string // "inherit" forces inherited sockets
+	drain   time.Duration
+	failDir string
+}
+
+// startServers starts the first server generation and waits until it is
+// ready.
+func startServers(t *testing.T, setup upgradeSetup) *upgradeServers {
+	t.Helper()
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Skipf("cannot become a subreaper to reap successors: %v", err)
+	}
+	t.Cleanup(func() { unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) })
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if setup.uid != 0 {
+		if os.Getuid() != 0 {
+			t.Skip("switching to an unprivileged user needs root")
+		}
+		// The test binary lives in a directory only its owner may enter.
+		dir := t.TempDir()
+		os.Chmod(dir, 0o755)
+		copyTo := filepath.Join(dir, "upgrade.test")
+		data, err := os.ReadFile(exe)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(copyTo, data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		exe = copyTo
+	}
+	s := &upgradeServers{t: t, port: freePort(t), changed: make(chan struct{}), done: make(chan struct{})}
+	cmd := exec.Command(exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(),
+		upgradeChildEnv+"="+strconv.Itoa(int(s.port)),
+		upgradeModeEnv+"="+setup.mode,
+		upgradeDrainEnv+"="+setup.drain.String(),
+	)
+	if setup.failDir != "" {
+		cmd.Env = append(cmd.Env, upgradeFailEnv+"="+filepath.Join(setup.failDir, "fail"))
+	}
+	if setup.uid != 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(setup.uid), Gid: uint32(setup.uid)}}
+	}
+	cmd.Stderr = os.Stderr
+	// A pipe of our own, not StdoutPipe, which Wait closes when the first
+	// server exits although its successors still write to it.
+	out, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout = w
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		out.Close()
+		t.Fatal(err)
+	}
+	s.first = cmd
+	go s.read(out)
+	t.Cleanup(s.stop)
+	s.wait("ready", 1)
+	return s
+}
+
+func (s *upgradeServers) read(out io.ReadCloser) {
+	defer close(s.done)
+	defer out.Close()
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		s.mu.Lock()
+		s.lines = append(s.lines, sc.Text())
+		close(s.changed)
+		s.changed = make(chan struct{})
+		s.mu.Unlock()
+	}
+}
+
+// serverLine is a parsed line: "word pid N gen G rest...".
+type serverLine struct {
+	word     string
+	pid, gen int
+	rest     string
+}
+
+func parseServerLine(l string) (serverLine, bool) {
+	var sl serverLine
+	f := strings.Fields(l)
+	if len(f) < 5 || f[1] != "pid" || f[3] != "gen" {
+		return sl, false
+	}
+	sl.word = f[0]
+	sl.pid, _ = strconv.Atoi(f[2])
+	sl.gen, _ = strconv.Atoi(strings.TrimSuffix(f[4], ":"))
+	sl.rest = strings.Join(f[5:], " ")
+	return sl, true
+}
+
+// wait returns the line starting with word from generation gen, waiting
+// for it.
+func (s *upgradeServers) wait(word string, gen int) serverLine {
+	s.t.Helper()
+	timeout := time.NewTimer(testTimeout)
+	defer timeout.Stop()
+	for {
+		s.mu.Lock()
+		for _, l := range s.lines {
+			if sl, ok := parseServerLine(l); ok && sl.word == word && sl.gen == gen {
+				s.mu.Unlock()
+				return sl
+			}
+			if strings.HasPrefix(l, "error") {
+				s.mu.Unlock()
+				s.t.Fatalf("server: %s", l)
+			}
+		}
+		ch := s.changed
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-s.done:
+			s.t.Fatalf("servers exited before %q of generation %d; output:\n%s", word, gen, s.output())
+		case <-timeout.C:
+			s.t.Fatalf("no %q of generation %d; output:\n%s", word, gen, s.output())
+		}
+	}
+}
+
+func (s *upgradeServers) output() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return strings.Join(s.lines, "\n")
+}
+
+// reap waits for the exit of server pid and checks its status.
+func (s *upgradeServers) reap(pid int) {
+	s.t.Helper()
+	if pid == s.first.Process.Pid {
+		if err := s.first.Wait(); err != nil {
+			s.t.Errorf("first server: %v", err)
+		}
+		return
+	}
+	var ws unix.WaitStatus
+	if _, err := unix.Wait4(pid, &ws, 0, nil); err != nil {
+		s.t.Errorf("waiting for server %d: %v", pid, err)
+		return
+	}
+	if !ws.Exited() || ws.ExitStatus() != 0 {
+		s.t.Errorf("server %d ended with status %v", pid, ws)
+	}
+}
+
+// checkExit checks generation gen's drain and exit lines and reaps it.
+func (s *upgradeServers) checkExit(gen int) {
+	s.t.Helper()
+	d := s.wait("drained", gen)
+	if d.rest != "forced false" {
+		s.t.Errorf("generation %d did not drain within its grace period: %s", gen, d.rest)
+	}
+	e := s.wait("exit", gen)
+	if e.rest != "sockets 0 leaks none" {
+		s.t.Errorf("generation %d left something behind: %s", gen, e.rest)
+	}
+	s.reap(e.pid)
+}
+
+// stop ends the newest server and waits for every process to exit.
+func (s *upgradeServers) stop() {
+	s.mu.Lock()
+	newest := 0
+	var last serverLine
+	for _, l := range s.lines {
+		if sl, ok := parseServerLine(l); ok && sl.word == "ready" && sl.gen > newest {
+			newest, last = sl.gen, sl
+		}
+	}
+	exited := false
+	for _, l := range s.lines {
+		if sl, ok := parseServerLine(l); ok && sl.word == "exit" && sl.gen == newest {
+			exited = true
+		}
+	}
+	s.mu.Unlock()
+	if newest > 0 && !exited {
+		syscall.Kill(last.pid, syscall.SIGTERM)
+		s.checkExit(newest)
+	}
+	select {
+	case <-s.done:
+	case <-time.After(testTimeout):
+		s.t.Errorf("server output still open; output:\n%s", s.output())
+	}
+}
+
+// upgrade signals the newest generation to upgrade and waits for the
+// successor's ready line.
+func (s *upgradeServers) upgrade(from serverLine) serverLine {
+	s.t.Helper()
+	syscall.Kill(from.pid, syscall.SIGHUP)
+	return s.wait("ready", from.gen+1)
+}
+
+// members counts the sockets bound to the port on this host.
+func (s *upgradeServers) members() int {
+	s.t.Helper()
+	files, err := openProcUDP()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	n := 0
+	for _, f := range files {
+		if f.f == nil {
+			continue
+		}
+		entries, err := parseProcUDP(f.f, f.v6, binary.NativeEndian)
+		f.f.Close()
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		for _, e := range entries {
+			if e.local.Port() == s.port && !e.connected() {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// freePort returns a port that is free for a dual-stack socket.
+func freePort(t *testing.T) uint16 {
+	c, err := net.ListenPacket("udp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return uint16(c.LocalAddr().(*net.UDPAddr).Port)
+}
+
+// load is client traffic of one address family: keep-alive clients that
+// make request after request on one connection (and reconnect when the
+// server says goaway), and fresh clients that connect for every request.
+type load struct {
+	addr     string
+	requests atomic.Int64
+	failures atomic.Int64
+	mu       sync.Mutex
+	errs     []string
+}
+
+var upgradeClientTLS = &tls.Config{InsecureSkipVerify: true, NextProtos: []string{testALPN}}
+
+func (l *load) fail(err error) {
+	l.failures.Add(1)
+	l.mu.Lock()
+	if len(l.errs) < 5 {
+		l.errs = append(l.errs, err.Error())
+	}
+	l.mu.Unlock()
+}
+
+// request makes one request on conn and returns the answer.
+func request(ctx context.Context, conn *quic.Conn) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, testTimeout)
+	defer cancel()
+	str, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return "", err
+	}
+	str.SetDeadline(time.Now().Add(testTimeout))
+	if _, err := str.Write([]byte("hello")); err != nil {
+		return "", err
+	}
+	str.Close()
+	b, err := io.ReadAll(str)
+	if err != nil {
+		return "", err
+	}
+	if !strings.HasPrefix(string(b), "pid ") {
+		return "", fmt.Errorf("bad answer %q", b)
+	}
+	return string(b), nil
+}
+
+func dialUpgrade(ctx context.Context, addr string) (*quic.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, testTimeout)
+	defer cancel()
+	return quic.DialAddr(ctx, addr, upgradeClientTLS, &quic.Config{MaxIdleTimeout: 30 * time.Second})
+}
+
+func (l *load) keepAlive(ctx context.Context) {
+	var conn *quic.Conn
+	defer func() {
+		if conn != nil {
+			conn.CloseWithError(0, "")
+		}
+	}()
+	for ctx.Err() == nil {
+		if conn == nil {
+			c, err := dialUpgrade(ctx, l.addr)
+			if err != nil {
+				if ctx.Err() == nil {
+					l.fail(fmt.Errorf("dial: %w", err))
+				}
+				continue
+			}
+			conn = c
+		}
+		answer, err := request(ctx, conn)
+		if err != nil {
+			if ctx.Err() == nil {
+				l.fail(fmt.Errorf("keep-alive request: %w", err))
+			}
+			conn.CloseWithError(0, "")
+			conn = nil
+			continue
+		}
+		l.requests.Add(1)
+		if strings.HasSuffix(answer, " goaway") {
+			conn.CloseWithError(0, "")
+			conn = nil
+		}
+	}
+}
+
+func (l *load) fresh(ctx context.Context) {
+	for ctx.Err() == nil {
+		conn, err := dialUpgrade(ctx, l.addr)
+		if err != nil {
+			if ctx.Err() == nil {
+				l.fail(fmt.Errorf("dial: %w", err))
+			}
+			continue
+		}
+		_, err = request(ctx, conn)
+		conn.CloseWithError(0, "")
+		if err != nil {
+			if ctx.Err() == nil {
+				l.fail(fmt.Errorf("fresh request: %w", err))
+			}
+			continue
+		}
+		l.requests.Add(1)
+	}
+}
+
+// startLoad starts keep-alive and fresh clients for IPv4 and IPv6 (where
+// the host has them) against the dual-stack port; stop ends them.
+func startLoad(t *testing.T, port uint16) (loads map[string]*load, total func() int64, stop func()) {
+	loads = make(map[string]*load)
+	if nettest.SupportsIPv4() {
+		loads["IPv4"] = &load{addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port).String()}
+	}
+	if nettest.SupportsIPv6() {
+		loads["IPv6"] = &load{addr: netip.AddrPortFrom(netip.IPv6Loopback(), port).String()}
+	}
+	if len(loads) == 0 {
+		t.Skip("no loopback")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, l := range loads {
+		for range 2 {
+			wg.Go(func() { l.keepAlive(ctx) })
+		}
+		wg.Go(func() { l.fresh(ctx) })
+	}
+	total = func() int64 {
+		var n int64
+		for _, l := range loads {
+			n += l.requests.Load()
+		}
+		return n
+	}
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); wg.Wait() }) }
+	t.Cleanup(stop)
+	return loads, total, stop
+}
+
+// waitRequests waits until the clients have made n more requests.
+func waitRequests(t *testing.T, total func() int64, n int64) {
+	t.Helper()
+	want := total() + n
+	for i := 0; total() < want; i++ {
+		if i > int(testTimeout/(10*time.Millisecond)) {
+			t.Fatalf("clients made no progress: %d of %d requests", total(), want)
+		}
+		time.Sleep(10 * time.Millisecond) // polling a counter, not timing
+	}
+}
+
+// TestUpgradeUnderLoad upgrades the server process 20 times while IPv4 and
+// IPv6 clients keep connections alive and make fresh ones: no request may
+// fail, every old process must drain, exit 0 and leave nothing behind, and
+// after each exit one socket is left on the port. It runs as root and as
+// an unprivileged user, with kernel steering and with inherited sockets.
+func TestUpgradeUnderLoad(t *testing.T) {
+	upgrades := 20
+	if testing.Short() {
+		upgrades = 5
+	}
+	for _, c := range []struct {
+		name  string
+		setup upgradeSetup
+	}{
+		{"root/steer", upgradeSetup{drain: 10 * time.Second}},
+		{"nobody/steer", upgradeSetup{uid: 65534, drain: 10 * time.Second}},
+		{"root/inherit", upgradeSetup{mode: "inherit", drain: 10 * time.Second}},
+		{"nobody/inherit", upgradeSetup{uid: 65534, mode: "inherit", drain: 10 * time.Second}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := startServers(t, c.setup)
+			cur := s.wait("ready", 1)
+			loads, total, stop := startLoad(t, s.port)
+			for range upgrades {
+				waitRequests(t, total, 20)
+				old := cur
+				cur = s.upgrade(old)
+				s.checkExit(old.gen)
+				if n := s.members(); n != 1 {
+					t.Errorf("after generation %d exited: %d sockets on the port, want 1", old.gen, n)
+				}
+			}
+			waitRequests(t, total, 20)
+			stop()
+			for _, fam := range []string{"IPv4", "IPv6"} {
+				if l := loads[fam]; l != nil {
+					t.Logf("%s %s: %d upgrades, %d requests, %d failures %v", c.name, fam, upgrades, l.requests.Load(), l.failures.Load(), l.errs)
+					if l.failures.Load() != 0 {
+						t.Errorf("%s: %d failed requests: %v", fam, l.failures.Load(), l.errs)
+					}
+				}
+			}
+		})
+	}
+}
