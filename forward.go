@@ -33,6 +33,7 @@ type forwardConn struct {
 	deadline time.Time // quic-go's read deadline
 	woken    bool      // the handle's deadline was moved to wake a read
 	notify   chan struct{}
+	flushed  chan struct{} // closed when flush's marker comes back
 }
 
 // forwarded is a datagram received from the other generation.
@@ -202,7 +203,8 @@ func (f *forwardConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 			}
 			return 0, err
 		}
-		if st.peer != nil {
+		// The state may have changed while the read was blocked.
+		if st = f.u.state.Load(); st.peer != nil {
 			n = f.route(st, ms[:n])
 		}
 		if n > 0 {
@@ -412,4 +414,75 @@ func (u *Upgrader) receive(s *peer) {
 			f.enqueue(pkt)
 		}
 	}
+}
+
+// flush returns once quic-go has processed every datagram that ReadBatch
+// returned before, or when stop fires. quic-go hands datagrams to its
+// server in order, and the server answers a long-header packet of an
+// unknown version with a Version Negotiation packet written through this
+// conn: a marker of that kind, merged into the reads from an address no
+// client has, comes back through WriteMsgUDP (or WriteTo) after every
+// datagram read before it has been through the server, and so after the
+// ConnContext of every handshake those began.
+func (f *forwardConn) flush(stop <-chan time.Time) {
+	ch := make(chan struct{})
+	f.mu.Lock()
+	f.flushed = ch
+	f.mu.Unlock()
+	marker := make([]byte, 1200) // quic-go answers unknown versions from this size on
+	marker[0] = quicLongHeader | quicFixedBit
+	binary.BigEndian.PutUint32(marker[1:], 0x0a1a2a3a) // reserved for forcing version negotiation
+	marker[5] = 8                                      // destination ID length; the IDs stay zero
+	marker[14] = 8                                     // source ID length
+	retry := time.NewTicker(100 * time.Millisecond)    // quic-go drops a marker when its queue is full
+	defer retry.Stop()
+	for {
+		f.enqueue(forwarded{addr: markerAddr, data: marker})
+		select {
+		case <-ch:
+			return
+		case <-stop:
+			return
+		case <-retry.C:
+		}
+	}
+}
+
+// markerAddr is the source address of flush's marker: port 0, which no
+// datagram really comes from.
+var markerAddr = &net.UDPAddr{IP: net.IPv6unspecified, Port: 0}
+
+func isMarker(addr net.Addr) bool {
+	ua, ok := addr.(*net.UDPAddr)
+	return ok && ua.Port == 0 && ua.IP.Equal(net.IPv6unspecified)
+}
+
+// marked swallows the answer to flush's marker.
+func (f *forwardConn) marked(addr net.Addr) bool {
+	if !isMarker(addr) {
+		return false
+	}
+	f.mu.Lock()
+	if f.flushed != nil {
+		close(f.flushed)
+		f.flushed = nil
+	}
+	f.mu.Unlock()
+	return true
+}
+
+// WriteMsgUDP is the socket's, except for the answer to flush's marker.
+func (f *forwardConn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err error) {
+	if f.marked(addr) {
+		return len(b), len(oob), nil
+	}
+	return f.Conn.WriteMsgUDP(b, oob, addr)
+}
+
+// WriteTo is the socket's, except for the answer to flush's marker.
+func (f *forwardConn) WriteTo(b []byte, addr net.Addr) (int, error) {
+	if f.marked(addr) {
+		return len(b), nil
+	}
+	return f.Conn.WriteTo(b, addr)
 }

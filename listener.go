@@ -484,7 +484,6 @@ func (st *sharedTransport) deliver(conn *quic.Conn, l *Listener) {
 		if l == nil {
 			st.refused.Add(1)
 			conn.CloseWithError(errorCodeNoListener, "no listener")
-			st.handshakeDone(conn)
 			return
 		}
 		if !l.early && !handshakeComplete(conn) {
@@ -493,13 +492,11 @@ func (st *sharedTransport) deliver(conn *quic.Conn, l *Listener) {
 				case <-conn.HandshakeComplete():
 					st.deliver(conn, l)
 				case <-conn.Context().Done():
-					st.handshakeDone(conn)
 				}
 			}()
 			return
 		}
 		if l.push(conn, st) {
-			st.handshakeDone(conn)
 			return
 		}
 		l = nil
@@ -709,6 +706,7 @@ func (l *Listener) Accept(ctx context.Context) (*quic.Conn, error) {
 			l.queue = l.queue[1:]
 			l.track(a.conn)
 			l.mu.Unlock()
+			a.from.handshakeDone(a.conn)
 			return a.conn, nil
 		}
 		avail := l.avail

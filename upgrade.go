@@ -537,51 +537,49 @@ func (s *peer) close() {
 }
 
 // Handshakes in flight. A handshake that the old generation began before
-// the hand-over must still reach a listener of the old generation, so Exit
-// closes (and the application closes its listeners) only once they have
-// been delivered, failed, or grown older than handshakeMaxAge.
+// the hand-over must still reach the application of the old generation, so
+// Exit closes (and the application closes its listeners) only once every
+// handshake that began before has been accepted or has failed.
 type handshakeKey struct{}
 
-type handshake struct{ started time.Time }
+type handshake struct{}
 
-// handshakeMaxAge bounds the wait for a handshake in flight: quic-go gives
-// up on a handshake after twice its handshake idle timeout (5 s by default).
-const handshakeMaxAge = 10 * time.Second
+// settleMax bounds the wait for handshakes in flight: quic-go gives up on
+// a handshake after twice its handshake idle timeout (5 s by default).
+const settleMax = 10 * time.Second
 
 // trackHandshakes makes qt's new connections count as handshakes in flight
-// until the pool delivers them to a listener (see handshakeDone).
+// until a listener's Accept returns them or they close.
 func (u *Upgrader) trackHandshakes(qt *quic.Transport) {
 	user := qt.ConnContext
 	qt.ConnContext = func(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
+		h := &handshake{}
+		u.hsMu.Lock()
+		u.handshakes[h] = struct{}{}
+		u.hsMu.Unlock()
+		// quic-go cancels the context it passes in when the connection
+		// closes, also when its handshake fails.
+		context.AfterFunc(ctx, func() { u.handshakeEnd(h) })
 		if user != nil {
 			var err error
 			if ctx, err = user(ctx, info); err != nil {
 				return ctx, err
 			}
 		}
-		h := &handshake{started: time.Now()}
-		u.hsMu.Lock()
-		for o := range u.handshakes {
-			if time.Since(o.started) > handshakeMaxAge {
-				delete(u.handshakes, o) // failed without telling
-			}
-		}
-		u.handshakes[h] = struct{}{}
-		u.hsMu.Unlock()
 		return context.WithValue(ctx, handshakeKey{}, h), nil
 	}
 }
 
-// handshakeDone ends the handshake of conn: delivered or closed.
+// handshakeDone ends the handshake of conn, which Accept returns.
 func (st *sharedTransport) handshakeDone(conn *quic.Conn) {
-	u := st.pool.opts.upgrader
-	if u == nil {
-		return
+	if u := st.pool.opts.upgrader; u != nil {
+		if h, ok := conn.Context().Value(handshakeKey{}).(*handshake); ok {
+			u.handshakeEnd(h)
+		}
 	}
-	h, ok := conn.Context().Value(handshakeKey{}).(*handshake)
-	if !ok {
-		return
-	}
+}
+
+func (u *Upgrader) handshakeEnd(h *handshake) {
 	u.hsMu.Lock()
 	delete(u.handshakes, h)
 	if len(u.handshakes) == 0 && u.hsSettled != nil {
@@ -591,30 +589,32 @@ func (st *sharedTransport) handshakeDone(conn *quic.Conn) {
 	u.hsMu.Unlock()
 }
 
-// settle waits until the handshakes in flight have ended (see handshake).
+// settle waits until quic-go has seen every datagram this process kept
+// before the hand-over and the handshakes they began have ended, or until
+// settleMax has passed.
 func (u *Upgrader) settle() {
-	for {
-		u.hsMu.Lock()
-		var oldest time.Time
-		for h := range u.handshakes {
-			if time.Since(h.started) > handshakeMaxAge {
-				delete(u.handshakes, h)
-			} else if oldest.IsZero() || h.started.Before(oldest) {
-				oldest = h.started
-			}
-		}
-		if len(u.handshakes) == 0 {
-			u.hsMu.Unlock()
-			return
-		}
-		ch := make(chan struct{})
-		u.hsSettled = ch
+	deadline := time.NewTimer(settleMax)
+	defer deadline.Stop()
+	u.connsMu.Lock()
+	var conns []*forwardConn
+	for _, f := range u.conns {
+		conns = append(conns, f)
+	}
+	u.connsMu.Unlock()
+	for _, f := range conns {
+		f.flush(deadline.C)
+	}
+	u.hsMu.Lock()
+	if len(u.handshakes) == 0 {
 		u.hsMu.Unlock()
-		t := time.NewTimer(handshakeMaxAge - time.Since(oldest))
-		select {
-		case <-ch:
-		case <-t.C:
-		}
-		t.Stop()
+		return
+	}
+	ch := make(chan struct{})
+	u.hsSettled = ch
+	u.hsMu.Unlock()
+	select {
+	case <-ch:
+	case <-deadline.C:
 	}
 }
+

@@ -63,8 +63,13 @@ func startServers(t *testing.T, setup upgradeSetup) *upgradeServers {
 		if os.Getuid() != 0 {
 			t.Skip("switching to an unprivileged user needs root")
 		}
-		// The test binary lives in a directory only its owner may enter.
-		dir := t.TempDir()
+		// The test binary lives in a directory only its owner may enter;
+		// t.TempDir's parent is private too.
+		dir, err := os.MkdirTemp("", "udppool-upgrade")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
 		os.Chmod(dir, 0o755)
 		copyTo := filepath.Join(dir, "upgrade.test")
 		data, err := os.ReadFile(exe)
