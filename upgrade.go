@@ -617,4 +617,3 @@ func (u *Upgrader) settle() {
 	case <-deadline.C:
 	}
 }
-
