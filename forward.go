@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -25,7 +26,9 @@ type forwardConn struct {
 	u      *Upgrader
 	key    Key
 	keyStr string
-	shared bool // the socket is inherited: one generation reads it at a time
+	// shared: the other generation holds this very socket (inherited one
+	// way or the other), so only one generation reads it at a time.
+	shared atomic.Bool
 	batch  *ipv4.PacketConn
 
 	mu       sync.Mutex
@@ -61,7 +64,7 @@ func (u *Upgrader) setupTransport(qt *quic.Transport, st *sharedTransport) {
 	}
 	f.batch = ipv4.NewPacketConn(f.Conn)
 	u.mu.Lock()
-	f.shared = u.shared[f.key]
+	f.shared.Store(u.shared[f.key])
 	u.mu.Unlock()
 	u.connsMu.Lock()
 	u.conns[f.keyStr] = f
@@ -86,7 +89,7 @@ func (u *Upgrader) lookup(key string) *forwardConn {
 // other gets its datagrams by forwarding instead of taking a share of the
 // new generation's; a socket of its own is always read.
 func (f *forwardConn) readsSocket(st *routeState) bool {
-	return !f.shared || st.accepting || st.peer == nil
+	return !f.shared.Load() || st.accepting || st.peer == nil
 }
 
 // kick wakes a read so that it reconsiders where to read from.

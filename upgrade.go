@@ -1,6 +1,7 @@
 package udppool
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -351,14 +353,25 @@ func (u *Upgrader) Ready() error {
 	if u.ready {
 		return nil
 	}
+	// Accept before the kernel sends handshakes here: until then this
+	// process would forward them to the predecessor.
 	u.ready = true
+	u.publish()
 	if err := u.resteer(); err != nil {
 		u.ready = false
+		u.publish()
 		return err
 	}
-	u.publish()
 	if u.pred != nil {
-		if _, err := u.pred.ctrl.Write([]byte{msgReady}); err != nil {
+		// The ready message lists the sockets this process took over from
+		// the predecessor, which it must stop reading.
+		msg := []byte{msgReady}
+		for k := range u.shared {
+			msg = append(msg, k.String()...)
+			msg = append(msg, '\n')
+		}
+		msg = append(msg, '\n')
+		if _, err := u.pred.ctrl.Write(msg); err != nil {
 			// The predecessor is gone: this process serves alone.
 			u.predecessorGone()
 		}
@@ -436,15 +449,29 @@ func (u *Upgrader) awaitReady(ctx context.Context, s *peer) error {
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() { s.ctrl.SetReadDeadline(pastDeadline) })
 	defer stop()
-	var b [1]byte
-	_, err := s.ctrl.Read(b[:])
+	// The successor sends nothing after the ready message, so a buffered
+	// reader takes nothing from later reads.
+	r := bufio.NewReader(s.ctrl)
+	b, err := r.ReadByte()
 	switch {
 	case ctx.Err() != nil:
 		return ctx.Err()
 	case err != nil:
 		return fmt.Errorf("successor exited: %w", err)
-	case b[0] != msgReady:
-		return fmt.Errorf("unexpected control message %q", b[0])
+	case b != msgReady:
+		return fmt.Errorf("unexpected control message %q", b)
+	}
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return fmt.Errorf("successor exited: %w", err)
+		}
+		if line == "\n" {
+			break
+		}
+		if f := u.lookup(strings.TrimSuffix(line, "\n")); f != nil {
+			f.shared.Store(true)
+		}
 	}
 	s.ctrl.SetReadDeadline(time.Time{})
 	return nil

@@ -57,7 +57,11 @@ func upgradeChild(port string) error {
 	if os.Getenv(upgradeModeEnv) == "inherit" {
 		opts = append(opts, WithInheritance(true))
 	}
-	opts = append(opts, WithReadyTimeout(10*time.Second))
+	readyTimeout := 10 * time.Second
+	if os.Getenv(upgradeFailEnv) != "" {
+		readyTimeout = 2 * time.Second // the test waits for a hung successor's end
+	}
+	opts = append(opts, WithReadyTimeout(readyTimeout))
 	u, err := NewUpgrader(opts...)
 	if err != nil {
 		return err

@@ -487,3 +487,151 @@ func TestUpgradeUnderLoad(t *testing.T) {
 		})
 	}
 }
+
+// TestUpgradeFailedSuccessor starts successors that crash, and one that
+// hangs, before calling Ready: each time the running generation serves on
+// without losing a request, and a later upgrade succeeds and drains as
+// usual (so the reuseport group and its program were left as they were).
+func TestUpgradeFailedSuccessor(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		uid  int
+	}{{"root", 0}, {"nobody", 65534}} {
+		t.Run(c.name, func(t *testing.T) {
+			dir, err := os.MkdirTemp("", "udppool-upgrade-fail")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(dir) })
+			os.Chmod(dir, 0o777)
+			s := startServers(t, upgradeSetup{uid: c.uid, drain: 10 * time.Second, failDir: dir})
+			cur := s.wait("ready", 1)
+			loads, total, stop := startLoad(t, s.port)
+			failed := 0
+			for _, how := range []string{"crash", "hang", "crash"} {
+				waitRequests(t, total, 20)
+				if err := os.WriteFile(filepath.Join(dir, "fail"), []byte(how), 0o666); err != nil {
+					t.Fatal(err)
+				}
+				syscall.Kill(cur.pid, syscall.SIGHUP)
+				failed++
+				s.waitCount("upgrade-failed", 1, failed)
+				if n := s.members(); n != 1 {
+					t.Errorf("after a failed successor (%s): %d sockets on the port, want 1", how, n)
+				}
+			}
+			waitRequests(t, total, 20)
+			next := s.upgrade(cur)
+			s.checkExit(cur.gen)
+			waitRequests(t, total, 20)
+			stop()
+			if next.gen != 2 {
+				t.Errorf("successor generation %d, want 2", next.gen)
+			}
+			for fam, l := range loads {
+				t.Logf("%s %s: %d failed successors, %d requests, %d failures %v", c.name, fam, failed, l.requests.Load(), l.failures.Load(), l.errs)
+				if l.failures.Load() != 0 {
+					t.Errorf("%s: %d failed requests: %v", fam, l.failures.Load(), l.errs)
+				}
+			}
+		})
+	}
+}
+
+// waitCount waits until generation gen has printed n lines starting with
+// word.
+func (s *upgradeServers) waitCount(word string, gen, n int) {
+	s.t.Helper()
+	timeout := time.NewTimer(testTimeout)
+	defer timeout.Stop()
+	for {
+		s.mu.Lock()
+		got := 0
+		for _, l := range s.lines {
+			if sl, ok := parseServerLine(l); ok && sl.word == word && sl.gen == gen {
+				got++
+			}
+		}
+		ch := s.changed
+		s.mu.Unlock()
+		if got >= n {
+			return
+		}
+		select {
+		case <-ch:
+		case <-timeout.C:
+			s.t.Fatalf("%d of %d %q lines of generation %d; output:\n%s", got, n, word, gen, s.output())
+		}
+	}
+}
+
+// TestUpgradeMigratingClient moves a client to a new source port in the
+// middle of a connection after the hand-over: the old generation, which
+// holds the connection, must still get its datagrams from the new address,
+// while new connections go to the successor.
+func TestUpgradeMigratingClient(t *testing.T) {
+	for _, c := range []struct {
+		name, ip string
+		mode     string
+	}{
+		{"IPv4", "127.0.0.1", ""}, {"IPv6", "::1", ""},
+		{"IPv4/inherit", "127.0.0.1", "inherit"}, {"IPv6/inherit", "::1", "inherit"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if !nettest.SupportsIPv6() && c.ip == "::1" || !nettest.SupportsIPv4() && c.ip == "127.0.0.1" {
+				t.Skip("no loopback of this family")
+			}
+			s := startServers(t, upgradeSetup{mode: c.mode, drain: 10 * time.Second})
+			first := s.wait("ready", 1)
+			server := net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(c.ip), s.port))
+			local := func() *quic.Transport {
+				uc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(c.ip)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				tr := &quic.Transport{Conn: uc}
+				t.Cleanup(func() { tr.Close(); uc.Close() })
+				return tr
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+			defer cancel()
+			conn, err := local().Dial(ctx, server, upgradeClientTLS, &quic.Config{MaxIdleTimeout: 30 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.CloseWithError(0, "")
+			want := fmt.Sprintf("pid %d gen 1", first.pid)
+			if a, err := request(ctx, conn); err != nil || a != want {
+				t.Fatalf("before the upgrade: %q, %v; want %q", a, err, want)
+			}
+			next := s.upgrade(first)
+			path, err := conn.AddPath(local())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := path.Probe(ctx); err != nil {
+				t.Fatalf("probing the new path: %v", err)
+			}
+			if err := path.Switch(); err != nil {
+				t.Fatal(err)
+			}
+			for range 10 {
+				a, err := request(ctx, conn)
+				if err != nil || !strings.HasPrefix(a, want) {
+					t.Fatalf("after migrating: %q, %v; want %q from the old generation", a, err, want)
+				}
+			}
+			fresh, err := dialUpgrade(ctx, server.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			a, err := request(ctx, fresh)
+			fresh.CloseWithError(0, "")
+			if wantNew := fmt.Sprintf("pid %d gen 2", next.pid); err != nil || a != wantNew {
+				t.Errorf("new connection: %q, %v; want %q", a, err, wantNew)
+			}
+			conn.CloseWithError(0, "")
+			s.checkExit(1)
+		})
+	}
+}
