@@ -4,9 +4,15 @@ package udppool
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"fmt"
 	"io"
+	"math/big"
 	"os"
 	"os/signal"
 	"strconv"
@@ -16,7 +22,6 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
-	"github.com/udppool/udppool/internal/testcert"
 	"go.uber.org/goleak"
 )
 
@@ -72,11 +77,11 @@ func upgradeChild(port string) error {
 	if err != nil {
 		return err
 	}
-	cert, err := testcert.New()
+	cert, err := selfSigned()
 	if err != nil {
 		return err
 	}
-	ln, err := tr.Listen(&tls.Config{Certificates: []tls.Certificate{cert.Cert}, NextProtos: []string{testALPN}},
+	ln, err := tr.Listen(&tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{testALPN}},
 		&quic.Config{MaxIdleTimeout: 30 * time.Second})
 	if err != nil {
 		return err
@@ -184,4 +189,27 @@ func openSockets() int {
 		}
 	}
 	return n
+}
+
+// selfSigned makes a certificate for localhost; the test's clients do not
+// verify it (each server generation has its own).
+func selfSigned() (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "localhost"},
+		DNSNames:     []string{"localhost"},
+		NotBefore:    time.Now().Add(-time.Minute),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }

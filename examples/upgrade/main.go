@@ -30,7 +30,7 @@ import (
 	"github.com/quic-go/quic-go/http3"
 
 	"github.com/udppool/udppool"
-	"github.com/udppool/udppool/internal/testcert"
+	"github.com/udppool/udppool/udppooltest"
 )
 
 func main() {
@@ -120,14 +120,16 @@ wait:
 	return nil
 }
 
-// certificate loads the PEM pair, or makes a self-signed one.
+// certificate loads the PEM pair, or makes one for localhost from a new
+// test CA (each generation its own: clients of the demonstration skip
+// verification).
 func certificate(certFile, keyFile string) (tls.Certificate, error) {
 	if certFile != "" || keyFile != "" {
 		return tls.LoadX509KeyPair(certFile, keyFile)
 	}
-	pair, err := testcert.New()
+	ca, err := udppooltest.NewCA()
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	return pair.Cert, nil
+	return ca.Issue(udppooltest.Leaf{Names: []string{"localhost", "127.0.0.1", "::1"}})
 }
