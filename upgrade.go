@@ -569,7 +569,9 @@ func (s *peer) close() {
 // handshake that began before has been accepted or has failed.
 type handshakeKey struct{}
 
-type handshake struct{}
+// handshake is a token; it must not be of size zero, or every token could
+// have the same address.
+type handshake struct{ _ byte }
 
 // settleMax bounds the wait for handshakes in flight: quic-go gives up on
 // a handshake after twice its handshake idle timeout (5 s by default).
