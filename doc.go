@@ -69,17 +69,21 @@
 // connections to end) the old one. The port never closes, no handshake is
 // refused, and [Pool.Stats] shows each listener generation draining.
 //
-// Across processes, the pool only lets a successor bind. On Linux, the
-// BSDs and macOS the pool sets SO_REUSEPORT (unless [WithReusePort] turns
-// it off), so that a new process can bind the same address while the old
-// one still serves it; on Windows it binds exclusively. Nothing more
-// crosses processes yet: the pool neither hands sockets to a new process
-// nor steers datagrams between processes, and the kernel splits a
-// reuseport group's datagrams by hash, so while two processes serve a
-// QUIC port, some datagrams of the old process's connections reach the
-// new one, which drops them or, with a stateless reset key, resets those
-// connections. [Pool.Check] finds sockets outside the pool on a pooled
-// port (Linux only).
+// Across processes, a new binary takes over with an [Upgrader]
+// ([NewUpgrader], [WithUpgrader]): the running process starts its
+// successor, which binds into the port's SO_REUSEPORT group or inherits the
+// sockets, says it is [Upgrader.Ready], and from then on takes every new
+// handshake, while the old process stops accepting, drains and exits. QUIC
+// connection IDs carry the process generation, so the old process keeps
+// every datagram of its connections: on Linux a classic BPF program on the
+// reuseport group steers them (no privilege needed), elsewhere they are
+// forwarded between the processes. Without an Upgrader the pool only sets
+// SO_REUSEPORT on Linux, the BSDs and macOS (unless [WithReusePort] turns it
+// off), so that a new process can bind while the old one serves, and the
+// kernel then splits datagrams by hash between them, so some datagrams of
+// the old process's connections reach the new one; on Windows it binds
+// exclusively. [Pool.Check] finds sockets outside the pool on a pooled port
+// (Linux only).
 //
 // # Watching it
 //
