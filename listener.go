@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net"
 	"reflect"
 	"slices"
@@ -65,10 +64,6 @@ type nonQUICPacket struct {
 	data []byte
 	addr net.Addr
 }
-
-// errorCodeNoListener closes a connection whose handshake finished after
-// every listener that could take it was closed.
-const errorCodeNoListener quic.ApplicationErrorCode = 0x100 // H3_NO_ERROR in HTTP/3
 
 // acquireTransport returns a new reference to the shared transport of the
 // socket of k, creating both as needed. fresh is for the second socket of a
@@ -483,7 +478,7 @@ func (st *sharedTransport) deliver(conn *quic.Conn, l *Listener) {
 		}
 		if l == nil {
 			st.refused.Add(1)
-			conn.CloseWithError(errorCodeNoListener, "no listener")
+			conn.CloseWithError(st.refusalCode(conn))
 			return
 		}
 		if !l.early && !handshakeComplete(conn) {
@@ -569,6 +564,9 @@ type Listener struct {
 
 	gen uint64 // generation: the listeners of a socket are numbered from 1
 
+	closeCode   quic.ApplicationErrorCode // see WithCloseCode
+	closeReason string
+
 	mu       sync.Mutex
 	closed   bool          // no more deliveries
 	released bool          // references to the transports dropped
@@ -577,10 +575,11 @@ type Listener struct {
 	// one and starts tracking it in one step under mu, so that a Close or
 	// Shutdown never misses a connection between the two.
 	queue    []accepted
-	avail    chan struct{}       // closed and replaced when queue grows
-	conns    map[*quic.Conn]bool // accepted and still open
-	accepted uint64              // connections ever accepted
-	drained  chan struct{}       // closed when conns empties after closed
+	avail    chan struct{}         // closed and replaced when queue grows
+	conns    map[*quic.Conn]ending // accepted and still open
+	accepted uint64                // connections ever accepted
+	ended    [endings]uint64       // connections accepted and ended, by how
+	drained  chan struct{}         // closed when conns empties after closed
 }
 
 type accepted struct {
@@ -596,18 +595,18 @@ const acceptQueueLen = 256
 // Listen opens a logical listener that delivers connections once their
 // handshake has completed. tlsConf must list the listener's ALPN protocols in
 // NextProtos; they route connections among the listeners of the Transport.
-func (t *Transport) Listen(tlsConf *tls.Config, conf *quic.Config) (*Listener, error) {
-	return t.listen(tlsConf, conf, false)
+func (t *Transport) Listen(tlsConf *tls.Config, conf *quic.Config, opts ...ListenOption) (*Listener, error) {
+	return t.listen(tlsConf, conf, false, opts)
 }
 
 // ListenEarly is like Listen but delivers connections before the handshake
 // completes, as quic-go's ListenEarly does (0.5-RTT and, with
 // conf.Allow0RTT, 0-RTT data).
-func (t *Transport) ListenEarly(tlsConf *tls.Config, conf *quic.Config) (*Listener, error) {
-	return t.listen(tlsConf, conf, true)
+func (t *Transport) ListenEarly(tlsConf *tls.Config, conf *quic.Config, opts ...ListenOption) (*Listener, error) {
+	return t.listen(tlsConf, conf, true, opts)
 }
 
-func (t *Transport) listen(tlsConf *tls.Config, conf *quic.Config, early bool) (*Listener, error) {
+func (t *Transport) listen(tlsConf *tls.Config, conf *quic.Config, early bool, opts []ListenOption) (*Listener, error) {
 	if err := t.check("listen"); err != nil {
 		return nil, err
 	}
@@ -617,7 +616,15 @@ func (t *Transport) listen(tlsConf *tls.Config, conf *quic.Config, early bool) (
 	l := &Listener{
 		t: t, early: early, tls: tlsConf, quic: conf, protos: slices.Clone(tlsConf.NextProtos),
 		done: make(chan struct{}), avail: make(chan struct{}),
-		conns: make(map[*quic.Conn]bool), drained: make(chan struct{}),
+		conns: make(map[*quic.Conn]ending), drained: make(chan struct{}),
+	}
+	var o listenOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	l.closeCode, l.closeReason = defaultCloseCode(l.protos), "listener retired"
+	if o.closeCode != nil {
+		l.closeCode, l.closeReason = *o.closeCode, o.closeReason
 	}
 	for i, st := range t.parts {
 		var err error
@@ -668,7 +675,7 @@ func (l *Listener) push(conn *quic.Conn, from *sharedTransport) bool {
 	if len(l.queue) >= acceptQueueLen {
 		l.mu.Unlock()
 		from.refused.Add(1)
-		conn.CloseWithError(errorCodeNoListener, "accept queue full")
+		conn.CloseWithError(l.closeCode, "accept queue full")
 		return true
 	}
 	l.queue = append(l.queue, accepted{conn, from})
@@ -730,12 +737,13 @@ func (l *Listener) Addr() net.Addr { return l.t.LocalAddr() }
 // track counts an accepted connection until it closes, for Shutdown and
 // Stats. l.mu must be held.
 func (l *Listener) track(conn *quic.Conn) {
-	l.conns[conn] = true
+	l.conns[conn] = endedByThemselves
 	l.accepted++
 	// The function runs on a goroutine of its own, also when conn has
 	// closed already, so it may take l.mu.
 	context.AfterFunc(conn.Context(), func() {
 		l.mu.Lock()
+		l.ended[l.conns[conn]]++
 		delete(l.conns, conn)
 		l.checkDrained()
 		gone := l.released && len(l.conns) == 0
@@ -782,25 +790,10 @@ func (l *Listener) Close() error {
 
 // Shutdown stops deliveries to l as Close does, then waits until every
 // connection l accepted has closed, or until ctx ends; it then closes the
-// remaining ones with application error code 0 and returns ctx's error.
-// Until it returns, l keeps the shared transport (and so the port and its
-// connections) open even if no other user is left. Other listeners of the
-// Transport and their connections are not touched.
+// remaining ones with l's close code (see WithCloseCode) and returns ctx's
+// error. It is Drain without asking the connections to go.
 func (l *Listener) Shutdown(ctx context.Context) error {
-	l.stop()
-	var err error
-	select {
-	case <-l.drained:
-	case <-ctx.Done():
-		err = ctx.Err()
-		l.mu.Lock()
-		left := slices.Collect(maps.Keys(l.conns))
-		l.mu.Unlock()
-		for _, c := range left {
-			c.CloseWithError(0, "udppool: listener shut down")
-		}
-	}
-	l.release()
+	_, err := l.Drain(ctx, nil)
 	return err
 }
 
@@ -858,6 +851,13 @@ type ListenerStats struct {
 	Conns      int      // connections it accepted that are still open
 	Accepted   uint64   // connections it ever accepted
 	Protocols  []string // its ALPN protocols
+
+	// How the connections it accepted have ended so far (see DrainStats):
+	// closed without being asked, closed after a drain asked them to go,
+	// or closed by the pool when a drain's deadline came.
+	EndedByThemselves uint64
+	EndedByGoAway     uint64
+	EndedByDeadline   uint64
 }
 
 // stats describes the listeners of st that accept or still have
@@ -868,7 +868,12 @@ func (st *sharedTransport) stats() []ListenerStats {
 	out := make([]ListenerStats, 0, len(st.all))
 	for l := range st.all {
 		l.mu.Lock()
-		out = append(out, ListenerStats{Generation: l.gen, Accepting: !l.closed, Conns: len(l.conns), Accepted: l.accepted, Protocols: l.protos})
+		out = append(out, ListenerStats{
+			Generation: l.gen, Accepting: !l.closed, Conns: len(l.conns), Accepted: l.accepted, Protocols: l.protos,
+			EndedByThemselves: l.ended[endedByThemselves],
+			EndedByGoAway:     l.ended[endedByGoAway],
+			EndedByDeadline:   l.ended[endedByDeadline],
+		})
 		l.mu.Unlock()
 	}
 	slices.SortFunc(out, func(a, b ListenerStats) int { return cmp.Compare(a.Generation, b.Generation) })
