@@ -2,6 +2,7 @@ package udppool
 
 import (
 	"context"
+	"crypto/tls"
 	"log/slog"
 	"maps"
 	"slices"
@@ -79,11 +80,12 @@ const (
 	endings
 )
 
-// DrainStats says how the connections that a listener had when its drain
-// began ended. Each of them is counted in exactly one of the three ways.
+// DrainStats says how the connections of a listener ended during its
+// drain: those open when it began, and those it accepted meanwhile (see
+// Drain). Each of them is counted in exactly one of the three ways.
 type DrainStats struct {
 	Generation uint64
-	// Conns counts the connections open when the drain began.
+	// Conns counts the connections of the drain.
 	Conns int
 	// EndedByThemselves counts connections that closed before the drain
 	// asked them to go: closed by the peer, or timed out.
@@ -99,25 +101,39 @@ type DrainStats struct {
 }
 
 // Drain retires l and waits until its connections have ended, within a
-// deadline. It stops deliveries to l as Close does, then calls goAway, if
-// not nil, once for each connection l accepted that is still open: goAway
-// asks the connection to go in the words of its protocol (for HTTP/3, a
-// GOAWAY frame), and must not block. Drain returns when every connection
-// has closed, or when ctx ends: it then closes the remaining ones with l's
-// close code (see WithCloseCode), and reports ctx's error. Either way it
-// returns only once all of l's connections have ended, and says how they
-// did. Until it returns, l keeps the shared transport (and so the port and
-// its connections) open even if no other user is left. Other listeners of
-// the Transport and their connections are not touched.
+// deadline. It stops l taking new handshakes, which go to the newest
+// listener left, then calls goAway, if not nil, once for each connection l
+// accepted that is still open: goAway asks the connection to go in the
+// words of its protocol (for HTTP/3, a GOAWAY frame), and must not block.
+// Connections whose handshake began with l's configuration before the
+// drain, and which l had not yet accepted, are still l's: Accept returns
+// them during the drain, and goAway is called for each as Accept returns
+// it. So no connection made with l's configuration (its certificate, its
+// client CAs) outlives the drain.
 //
-// Connections l has not yet accepted go to the newest listener left, as
-// with Close. Drain may be called after Close, and more than once; each
-// call counts the connections open when it began.
+// Drain returns when every connection has ended, or when ctx ends: it then
+// closes the remaining ones, and any that would still come, with l's close
+// code (see WithCloseCode), and reports ctx's error. Either way it returns
+// only once all of l's connections have ended, and says how they did.
+// Until it returns, l keeps the shared transport (and so the port and its
+// connections) open even if no other user is left. Other listeners of the
+// Transport and their connections are not touched.
+//
+// Drain may be called after Close, and more than once; each call counts
+// the connections that ended while it ran. After Close, connections not yet
+// accepted have gone to the newest listener already.
 func (l *Listener) Drain(ctx context.Context, goAway func(*quic.Conn)) (DrainStats, error) {
+	l.mu.Lock()
+	before := l.ended
+	if !l.closed {
+		l.draining = true
+	}
+	if l.goAway == nil {
+		l.goAway = goAway
+	}
+	l.mu.Unlock()
 	l.stop()
 	l.mu.Lock()
-	ds := DrainStats{Generation: l.gen, Conns: len(l.conns)}
-	before := l.ended
 	var asked []*quic.Conn
 	if goAway != nil {
 		for c, e := range l.conns {
@@ -128,8 +144,8 @@ func (l *Listener) Drain(ctx context.Context, goAway func(*quic.Conn)) (DrainSta
 		}
 	}
 	l.mu.Unlock()
-	// Outside l.mu: goAway may be slow, or end the connection at once,
-	// whose bookkeeping takes l.mu.
+	// Outside l.mu: goAway may end the connection at once, whose
+	// bookkeeping takes l.mu.
 	for _, c := range asked {
 		goAway(c)
 	}
@@ -140,11 +156,20 @@ func (l *Listener) Drain(ctx context.Context, goAway func(*quic.Conn)) (DrainSta
 	case <-ctx.Done():
 		err = ctx.Err()
 		l.mu.Lock()
+		l.cut = true
 		left := slices.Collect(maps.Keys(l.conns))
 		for _, c := range left {
 			l.conns[c] = endedByDeadline
 		}
+		queued := l.queue
+		l.queue = nil
+		l.signal()
+		l.checkDrained()
 		l.mu.Unlock()
+		for _, a := range queued {
+			a.from.refused.Add(1)
+			a.conn.CloseWithError(l.closeCode, l.closeReason)
+		}
 		for _, c := range left {
 			c.CloseWithError(l.closeCode, l.closeReason)
 		}
@@ -153,13 +178,73 @@ func (l *Listener) Drain(ctx context.Context, goAway func(*quic.Conn)) (DrainSta
 		<-l.drained
 	}
 	l.mu.Lock()
-	ds.EndedByThemselves = int(l.ended[endedByThemselves] - before[endedByThemselves])
-	ds.EndedByGoAway = int(l.ended[endedByGoAway] - before[endedByGoAway])
-	ds.EndedByDeadline = int(l.ended[endedByDeadline] - before[endedByDeadline])
+	ds := DrainStats{
+		Generation:        l.gen,
+		EndedByThemselves: int(l.ended[endedByThemselves] - before[endedByThemselves]),
+		EndedByGoAway:     int(l.ended[endedByGoAway] - before[endedByGoAway]),
+		EndedByDeadline:   int(l.ended[endedByDeadline] - before[endedByDeadline]),
+	}
 	l.mu.Unlock()
+	ds.Conns = ds.EndedByThemselves + ds.EndedByGoAway + ds.EndedByDeadline
 	l.log().Info("udppool: listener generation drain ended", keyAttr(l.t.key), genAttr(l.gen),
 		slog.Int("conns", ds.Conns), slog.Int("ended_by_themselves", ds.EndedByThemselves),
 		slog.Int("ended_by_goaway", ds.EndedByGoAway), slog.Int("ended_by_deadline", ds.EndedByDeadline))
 	l.release()
 	return ds, err
+}
+
+// delivering reports whether a draining listener may still get
+// connections: queued, or with a handshake in flight. l.mu must be held.
+func (l *Listener) delivering() bool {
+	return l.draining && !l.cut && (len(l.queue) > 0 || l.inflight > 0)
+}
+
+// choose picks the listener whose configuration a new handshake uses and
+// counts the handshake as in flight to it, under the same lock as the
+// removal of a listener being drained: a Drain that finds no handshake in
+// flight has none to wait for.
+func (st *sharedTransport) choose(hello *tls.ClientHelloInfo, r *route) *Listener {
+	if r != nil {
+		if l := r.l.Load(); l != nil {
+			return l // asked again for the same handshake
+		}
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	l := st.pickLocked(hello.SupportedProtos, true)
+	if l != nil && r != nil {
+		r.mu.Lock()
+		if !r.settled { // else the connection closed meanwhile
+			r.l.Store(l)
+			l.mu.Lock()
+			l.inflight++
+			l.mu.Unlock()
+		}
+		r.mu.Unlock()
+	}
+	return l
+}
+
+// settle ends the handshake of conn for the listener it chose: conn was
+// delivered or refused.
+func settle(conn *quic.Conn) {
+	if r, ok := conn.Context().Value(routeKey{}).(*route); ok {
+		r.settle()
+	}
+}
+
+func (r *route) settle() {
+	r.mu.Lock()
+	settled := r.settled
+	r.settled = true
+	r.mu.Unlock()
+	l := r.l.Load()
+	if settled || l == nil {
+		return
+	}
+	l.mu.Lock()
+	l.inflight--
+	l.signal()
+	l.checkDrained()
+	l.mu.Unlock()
 }

@@ -154,13 +154,17 @@ func (st *sharedTransport) newQUICTransport() *quic.Transport {
 	}
 	user := qt.ConnContext
 	qt.ConnContext = func(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
+		r := new(route)
+		// quic-go cancels the context it passes here when the
+		// connection closes: a handshake that fails is settled then.
+		context.AfterFunc(ctx, r.settle)
 		if user != nil {
 			var err error
 			if ctx, err = user(ctx, info); err != nil {
 				return ctx, err
 			}
 		}
-		return context.WithValue(ctx, routeKey{}, new(route)), nil
+		return context.WithValue(ctx, routeKey{}, r), nil
 	}
 	return qt
 }
@@ -373,6 +377,11 @@ func (st *sharedTransport) removeListener(l *Listener) {
 func (st *sharedTransport) pick(protos []string, fallback bool) *Listener {
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	return st.pickLocked(protos, fallback)
+}
+
+// pickLocked is pick with st.mu held.
+func (st *sharedTransport) pickLocked(protos []string, fallback bool) *Listener {
 	for _, l := range slices.Backward(st.listeners) {
 		if l.serves(protos) {
 			return l
@@ -388,17 +397,20 @@ func (st *sharedTransport) pick(protos []string, fallback bool) *Listener {
 // handshake chose.
 type routeKey struct{}
 
-type route struct{ l atomic.Pointer[Listener] }
+type route struct {
+	l atomic.Pointer[Listener]
+
+	mu      sync.Mutex
+	settled bool // delivered, refused or closed: no longer in l's handshakes
+}
 
 // tlsConfigFor gives a new handshake the TLS configuration of the newest
 // listener serving one of the client's ALPN protocols, and remembers it.
 func (st *sharedTransport) tlsConfigFor(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-	l := st.pick(hello.SupportedProtos, true)
+	r, _ := hello.Context().Value(routeKey{}).(*route)
+	l := st.choose(hello, r)
 	if l == nil {
 		return nil, errNoListener
-	}
-	if r, ok := hello.Context().Value(routeKey{}).(*route); ok {
-		r.l.Store(l)
 	}
 	if l.tls.GetConfigForClient != nil {
 		conf, err := l.tls.GetConfigForClient(hello)
@@ -473,12 +485,13 @@ func (st *sharedTransport) acceptLoop(real *quic.EarlyListener, done chan<- stru
 // complete.
 func (st *sharedTransport) deliver(conn *quic.Conn, l *Listener) {
 	for {
-		if l == nil || l.isClosed() {
+		if l == nil {
 			l = st.pick(negotiated(conn), false)
 		}
 		if l == nil {
 			st.refused.Add(1)
 			conn.CloseWithError(st.refusalCode(conn))
+			settle(conn)
 			return
 		}
 		if !l.early && !handshakeComplete(conn) {
@@ -492,6 +505,7 @@ func (st *sharedTransport) deliver(conn *quic.Conn, l *Listener) {
 			return
 		}
 		if l.push(conn, st) {
+			settle(conn)
 			return
 		}
 		l = nil
@@ -580,6 +594,13 @@ type Listener struct {
 	accepted uint64                // connections ever accepted
 	ended    [endings]uint64       // connections accepted and ended, by how
 	drained  chan struct{}         // closed when conns empties after closed
+
+	// A draining listener still takes the connections whose handshake
+	// began with its configuration (see Drain).
+	draining bool
+	cut      bool             // the drain's deadline has passed
+	goAway   func(*quic.Conn) // the drain's, for connections it accepts
+	inflight int              // handshakes that chose l, not yet delivered
 }
 
 type accepted struct {
@@ -659,16 +680,17 @@ func (l *Listener) serves(protos []string) bool {
 	return false
 }
 
-func (l *Listener) isClosed() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.closed
-}
-
-// push queues conn for Accept; false if l is closed.
+// push queues conn for Accept; false if l is closed. A draining listener
+// takes conn, and one past its drain's deadline closes it.
 func (l *Listener) push(conn *quic.Conn, from *sharedTransport) bool {
 	l.mu.Lock()
-	if l.closed {
+	if l.cut {
+		l.mu.Unlock()
+		from.refused.Add(1)
+		conn.CloseWithError(l.closeCode, l.closeReason)
+		return true
+	}
+	if l.closed && !l.draining {
 		l.mu.Unlock()
 		return false
 	}
@@ -679,17 +701,24 @@ func (l *Listener) push(conn *quic.Conn, from *sharedTransport) bool {
 		return true
 	}
 	l.queue = append(l.queue, accepted{conn, from})
-	close(l.avail)
-	l.avail = make(chan struct{})
+	l.signal()
 	l.mu.Unlock()
 	return true
 }
 
+// signal wakes the Accepts waiting on l. l.mu must be held.
+func (l *Listener) signal() {
+	close(l.avail)
+	l.avail = make(chan struct{})
+}
+
 // Accept returns the next connection delivered to l. After Close it returns
 // quic.ErrServerClosed, as quic-go's listeners do, and never a connection;
-// if the shared transport stopped (its socket closed by Pool.Close or found
-// dead, or quic-go's transport failed), the error wraps
-// quic.ErrServerClosed and the cause.
+// during a Drain it still returns the connections whose handshake began
+// with l's configuration, until none is left to come. If the shared
+// transport stopped (its socket closed by Pool.Close or found dead, or
+// quic-go's transport failed), the error wraps quic.ErrServerClosed and the
+// cause.
 func (l *Listener) Accept(ctx context.Context) (*quic.Conn, error) {
 	var stopped [2]<-chan struct{}
 	for i, st := range l.t.parts {
@@ -697,7 +726,7 @@ func (l *Listener) Accept(ctx context.Context) (*quic.Conn, error) {
 	}
 	for {
 		l.mu.Lock()
-		if l.closed {
+		if l.closed && !l.delivering() {
 			l.mu.Unlock()
 			return nil, quic.ErrServerClosed
 		}
@@ -712,15 +741,22 @@ func (l *Listener) Accept(ctx context.Context) (*quic.Conn, error) {
 			l.queue[0] = accepted{}
 			l.queue = l.queue[1:]
 			l.track(a.conn)
+			goAway := l.goAway
 			l.mu.Unlock()
 			a.from.handshakeDone(a.conn)
+			if goAway != nil {
+				goAway(a.conn) // accepted during a drain: asked to go at once
+			}
 			return a.conn, nil
 		}
-		avail := l.avail
+		avail, done := l.avail, l.done
+		if l.draining {
+			done = nil // closed already; avail tells when deliveries end
+		}
 		l.mu.Unlock()
 		select {
 		case <-avail:
-		case <-l.done:
+		case <-done:
 		case <-stopped[0]:
 		case <-stopped[1]:
 		case <-ctx.Done():
@@ -738,6 +774,9 @@ func (l *Listener) Addr() net.Addr { return l.t.LocalAddr() }
 // Stats. l.mu must be held.
 func (l *Listener) track(conn *quic.Conn) {
 	l.conns[conn] = endedByThemselves
+	if l.goAway != nil {
+		l.conns[conn] = endedByGoAway
+	}
 	l.accepted++
 	// The function runs on a goroutine of its own, also when conn has
 	// closed already, so it may take l.mu.
@@ -764,7 +803,7 @@ func (l *Listener) forget() {
 // checkDrained signals Shutdown once a stopped listener has no connection
 // left. l.mu must be held.
 func (l *Listener) checkDrained() {
-	if l.closed && len(l.conns) == 0 {
+	if l.closed && len(l.conns) == 0 && !l.delivering() {
 		select {
 		case <-l.drained:
 		default:
@@ -808,8 +847,11 @@ func (l *Listener) stop() bool {
 	l.closed = true
 	close(l.done)
 	l.checkDrained()
-	pending := l.queue
-	l.queue = nil
+	var pending []accepted
+	if !l.draining { // a draining listener serves what it has
+		pending = l.queue
+		l.queue = nil
+	}
 	conns := len(l.conns)
 	l.mu.Unlock()
 	l.log().Info("udppool: listener generation retired", keyAttr(l.t.key), genAttr(l.gen),

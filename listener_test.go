@@ -44,8 +44,10 @@ func dialN(t *testing.T, tr *udppool.Transport, n int) ([]*quic.Conn, func()) {
 // listener that has queued connections. Neither may block forever, Accept
 // after Close returns quic.ErrServerClosed, every connection Accept returned
 // is one that Shutdown sees (and here closes), and every connection ends up
-// accepted by ln or by the listener opened after it (the hand-off target of
-// what ln had queued).
+// accepted by ln or, after Close, by the listener opened after it (the
+// hand-off target of what ln had queued); a Shutdown keeps ln's
+// connections, and its deadline (passed at once here) closes those ln did
+// not take.
 func TestCloseRacesAccept(t *testing.T) {
 	needFamilies(t, v4)
 	p := pool(t)
@@ -127,13 +129,36 @@ func TestCloseRacesAccept(t *testing.T) {
 			}
 			mu.Unlock()
 		}
-		// What ln did not take went to next.
-		for len(accepted) < len(conns) {
-			c, err := next.Accept(ctx)
-			if err != nil {
-				t.Fatalf("round %d: %d of %d connections accepted; next listener: %v", round, len(accepted), len(conns), err)
+		if round%2 == 0 {
+			// What ln did not take went to next.
+			for len(accepted) < len(conns) {
+				c, err := next.Accept(ctx)
+				if err != nil {
+					t.Fatalf("round %d: %d of %d connections accepted; next listener: %v", round, len(accepted), len(conns), err)
+				}
+				accepted[c] = true
 			}
-			accepted[c] = true
+		} else {
+			// What ln did not take was made with its configuration: the
+			// drain, cut at once, closed it with the listener's code.
+			took := map[string]bool{}
+			for c := range accepted {
+				took[c.RemoteAddr().String()] = true
+			}
+			for _, c := range conns {
+				if took[c.LocalAddr().String()] {
+					continue
+				}
+				select {
+				case <-c.Context().Done():
+				case <-ctx.Done():
+					t.Fatalf("round %d: a connection neither accepted nor closed by the drain", round)
+				}
+				var ae *quic.ApplicationError
+				if err := context.Cause(c.Context()); !errors.As(err, &ae) || !ae.Remote || ae.ErrorCode != 0 {
+					t.Fatalf("round %d: connection not accepted, closed with %v; want the listener's code 0", round, err)
+				}
+			}
 		}
 		cancel()
 		next.Close()

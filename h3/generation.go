@@ -25,13 +25,46 @@ type generation struct {
 // A conn is one connection with an http3.Server of its own, so that its
 // GOAWAY can be timed apart from the other connections of its generation.
 type conn struct {
-	qc      *quic.Conn
-	srv     *http3.Server
-	serving chan struct{} // closed once srv serves qc
-	request chan struct{} // closed when qc's first request reaches the handler
+	qc         *quic.Conn
+	srv        *http3.Server
+	serving    chan struct{} // closed once srv serves qc
+	goAwayOnce sync.Once
 
-	requestOnce sync.Once
-	goAwayOnce  sync.Once
+	mu     sync.Mutex
+	active int           // requests in the handler
+	wake   chan struct{} // closed by the next request, if set
+}
+
+// handle runs a request through h, counting it and waking a GOAWAY that
+// waits for it.
+func (c *conn) handle(h http.Handler, w http.ResponseWriter, r *http.Request) {
+	c.mu.Lock()
+	c.active++
+	if c.wake != nil {
+		close(c.wake)
+		c.wake = nil
+	}
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.active--
+		c.mu.Unlock()
+	}()
+	h.ServeHTTP(w, r)
+}
+
+// nextRequest returns nil if a request is in the handler, or else a
+// channel that the next request closes.
+func (c *conn) nextRequest() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.active > 0 {
+		return nil
+	}
+	if c.wake == nil {
+		c.wake = make(chan struct{})
+	}
+	return c.wake
 }
 
 // serve accepts connections until the listener is retired.
@@ -66,15 +99,14 @@ func (g *generation) conn(qc *quic.Conn) *conn {
 		return c
 	}
 	s := g.s
-	c := &conn{qc: qc, serving: make(chan struct{}), request: make(chan struct{})}
+	c := &conn{qc: qc, serving: make(chan struct{})}
 	handler := s.Handler
 	if handler == nil {
 		handler = http.DefaultServeMux
 	}
 	c.srv = &http3.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			c.requestOnce.Do(func() { close(c.request) })
-			handler.ServeHTTP(w, r)
+			c.handle(handler, w, r)
 		}),
 		MaxHeaderBytes:     s.MaxHeaderBytes,
 		IdleTimeout:        s.IdleTimeout,
@@ -106,27 +138,33 @@ func (g *generation) retire(ctx context.Context) {
 }
 
 // goAway sends qc's GOAWAY, on a goroutine of its own: udppool's Drain
-// must not block. A connection that has not yet carried a request keeps it
-// back until its first request arrives, for a few round trips at most: it
-// is most likely a client's new connection to retry a request that an
-// older generation rejected, and quic-go's client retries only once.
+// must not block. It picks its moment to minimise the requests that the
+// GOAWAY overtakes, which the server must reject: while a request is in
+// the handler (the client waits for its response, and the GOAWAY goes out
+// before the response is complete), or else when the next request arrives,
+// for a few round trips at most. A client that sends back to back loses no
+// round trip, and the new connection a client opened to retry a request
+// that an older generation rejected is not made to reject it again
+// (quic-go's client retries only once).
 func (g *generation) goAway(qc *quic.Conn) {
 	c := g.conn(qc)
 	c.goAwayOnce.Do(func() {
-		wait := firstRequestWait(qc, g.s.grace())
+		wait := requestWait(qc, g.s.grace())
 		g.s.running.Go(func() {
 			select {
 			case <-c.serving:
 			case <-qc.Context().Done():
 				return
 			}
-			t := time.NewTimer(wait)
-			defer t.Stop()
-			select {
-			case <-c.request:
-			case <-t.C:
-			case <-qc.Context().Done():
-				return
+			if next := c.nextRequest(); next != nil {
+				t := time.NewTimer(wait)
+				defer t.Stop()
+				select {
+				case <-next:
+				case <-t.C:
+				case <-qc.Context().Done():
+					return
+				}
 			}
 			// Shutdown returns once the connection has ended: the client
 			// closed it, or the drain's deadline did.
@@ -135,16 +173,17 @@ func (g *generation) goAway(qc *quic.Conn) {
 	})
 }
 
-// minFirstRequestWait is the least time a new connection of a retired
-// generation is given to send its first request; round trips on a loopback
-// or a LAN are far shorter than the time a busy client may take to send it.
-const minFirstRequestWait = 100 * time.Millisecond
+// minRequestWait is the least time an idle connection of a retired
+// generation is given to send its next request before its GOAWAY goes out
+// anyway; round trips on a loopback or a LAN are far shorter than the time
+// a busy client may take to send it.
+const minRequestWait = 100 * time.Millisecond
 
-// firstRequestWait is how long a connection that has carried no request
-// yet keeps its GOAWAY back: a few of its probe timeouts (RFC 9002,
-// section 6.2.1), within a quarter of the grace period.
-func firstRequestWait(qc *quic.Conn, grace time.Duration) time.Duration {
+// requestWait is how long an idle connection keeps its GOAWAY back waiting
+// for a request: a few of its probe timeouts (RFC 9002, section 6.2.1),
+// within a quarter of the grace period.
+func requestWait(qc *quic.Conn, grace time.Duration) time.Duration {
 	st := qc.ConnectionStats()
 	pto := st.SmoothedRTT + max(4*st.MeanDeviation, time.Millisecond)
-	return min(max(4*pto, minFirstRequestWait), grace/4)
+	return min(max(4*pto, minRequestWait), grace/4)
 }
