@@ -1,13 +1,14 @@
-// Command http3 serves HTTP/3 from a pooled UDP socket and, with -reload,
-// replaces its listener, certificate and http3.Server at an interval
-// without closing the port or cutting requests in flight.
+// Command http3 serves HTTP/3 from a pooled UDP socket with package h3 and
+// reloads its certificate without closing the port or losing a request:
+// on SIGHUP, and with -reload at an interval.
 //
-//	go run ./examples/http3 -listen :4433 -reload 500ms
+//	go run ./examples/http3 -listen :4433 -cert cert.pem -key key.pem -reload 1m -drain 10s
 //
-// It serves the certificate and key of -cert and -key (PEM files, read
-// anew at each reload, so a renewed certificate is picked up), or else a
-// self-signed certificate for localhost that is made afresh at each start
-// and reload: try it with an HTTP/3 client such as curl --http3-only -k
+// Each reload reads -cert and -key (PEM) from disk again, so a renewed
+// certificate is picked up; without them it makes a new self-signed
+// certificate for localhost, for the same key. The connections of
+// the replaced certificate get a GOAWAY and those still open after -drain
+// are closed. Try it with an HTTP/3 client such as curl --http3-only -k
 // https://localhost:4433/. On SIGINT or SIGTERM it stops gracefully and
 // prints the connections it served per address family.
 package main
@@ -15,7 +16,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -26,15 +26,14 @@ import (
 	"os"
 	"os/signal"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/quic-go/quic-go"
-	"github.com/quic-go/quic-go/http3"
 
 	"github.com/udppool/udppool"
+	"github.com/udppool/udppool/h3"
 )
 
 // shutdownGrace is how long requests in flight may take to finish at exit
@@ -44,13 +43,17 @@ const shutdownGrace = 5 * time.Second
 func main() {
 	o := options{out: os.Stdout}
 	flag.StringVar(&o.listen, "listen", ":4433", "UDP address to serve on (network \"udp\")")
-	flag.DurationVar(&o.reload, "reload", 0, "re-create the listener at this interval (0: never)")
+	flag.StringVar(&o.certFile, "cert", "", "PEM certificate chain, read again at each reload (default: self-signed)")
+	flag.StringVar(&o.keyFile, "key", "", "PEM private key of -cert")
+	flag.DurationVar(&o.reload, "reload", 0, "also reload at this interval (0: on SIGHUP only)")
+	flag.DurationVar(&o.drain, "drain", 10*time.Second, "grace period of the connections of a replaced certificate")
 	flag.DurationVar(&o.duration, "duration", 0, "stop after this long (0: run until interrupted)")
-	flag.StringVar(&o.certFile, "cert", "", "PEM certificate chain file (default: a self-signed certificate for localhost)")
-	flag.StringVar(&o.keyFile, "key", "", "PEM private key file for -cert")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	o.hup = hup
 	err := run(ctx, o)
 	stop()
 	if err != nil {
@@ -59,12 +62,13 @@ func main() {
 }
 
 type options struct {
-	listen   string
-	reload   time.Duration
-	duration time.Duration
-	certFile string // with keyFile: PEM files, read at each reload
-	keyFile  string
-	out      io.Writer
+	listen            string
+	certFile, keyFile string
+	reload            time.Duration
+	drain             time.Duration
+	duration          time.Duration
+	out               io.Writer
+	hup               <-chan os.Signal // reload requests
 
 	// Hooks for tests; nil in the command.
 	ready   func(port int)                  // called once serving
@@ -98,14 +102,38 @@ func run(ctx context.Context, o options) error {
 	}
 	defer tr.Close()
 
-	s := &site{tr: tr, newCert: o.newCert, handler: o.handler, servers: make(map[*http3.Server]bool)}
-	if err := s.reload(); err != nil {
+	var conns [2]atomic.Int64 // by family
+	srv := &h3.Server{
+		Transport: tr,
+		Handler:   o.handler,
+		Grace:     o.drain,
+		// Called once per connection: it counts handshakes, not requests.
+		ConnContext: func(ctx context.Context, c *quic.Conn) context.Context {
+			if a, ok := c.RemoteAddr().(*net.UDPAddr); ok {
+				conns[familyOf(a.AddrPort().Addr())].Add(1)
+			}
+			return ctx
+		},
+		Drained: func(ds udppool.DrainStats) {
+			fmt.Fprintf(o.out, "generation %d drained: %d connections, %d ended by themselves, %d on GOAWAY, %d at the deadline\n",
+				ds.Generation, ds.Conns, ds.EndedByThemselves, ds.EndedByGoAway, ds.EndedByDeadline)
+		},
+	}
+	cert, err := o.newCert()
+	if err != nil {
+		return err
+	}
+	spki, err := spkiHash(cert)
+	if err != nil {
+		return err
+	}
+	if err := srv.Reload(serverConfig(cert), nil); err != nil {
 		return err
 	}
 	port := tr.LocalAddr().(*net.UDPAddr).Port
-	// The key hash lets a browser trust the self-signed certificates:
+	// The key hash lets a browser trust a self-signed certificate:
 	// chromium --origin-to-force-quic-on=localhost:4433 --ignore-certificate-errors-spki-list=HASH
-	fmt.Fprintf(o.out, "ready https://%s/ (socket %s, spki %s)\n", urlHost(o.listen, port), keyList(tr.Keys()), s.spki)
+	fmt.Fprintf(o.out, "ready https://%s/ (socket %s, spki %s)\n", urlHost(o.listen, port), keyList(tr.Keys()), spki)
 	if o.ready != nil {
 		o.ready(port)
 	}
@@ -116,28 +144,45 @@ func run(ctx context.Context, o options) error {
 		defer t.Stop()
 		tick = t.C
 	}
+	reloads := 0
 loop:
 	for {
 		select {
 		case <-ctx.Done():
 			break loop
 		case <-tick:
-			// A failed reload keeps the current listener serving.
-			if err := s.reload(); err != nil {
-				fmt.Fprintf(o.out, "reload failed: %v\n", err)
-			}
+		case <-o.hup:
 		}
+		// A failed reload keeps the current certificate serving.
+		cert, err := o.newCert()
+		if err == nil {
+			err = srv.Reload(serverConfig(cert), nil)
+		}
+		if err != nil {
+			fmt.Fprintf(o.out, "reload failed: %v\n", err)
+			continue
+		}
+		reloads++
 	}
 
 	fmt.Fprintf(o.out, "stopping: %v\n", context.Cause(ctx))
-	s.shutdown()
-	fmt.Fprintf(o.out, "%-20s %d\n", "connections IPv4", s.conns[ipv4].Load())
-	fmt.Fprintf(o.out, "%-20s %d\n", "connections IPv6", s.conns[ipv6].Load())
-	fmt.Fprintf(o.out, "%-20s %d\n", "reloads", s.reloads)
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		fmt.Fprintf(o.out, "shutdown: %v\n", err)
+	}
+	fmt.Fprintf(o.out, "%-20s %d\n", "connections IPv4", conns[ipv4].Load())
+	fmt.Fprintf(o.out, "%-20s %d\n", "connections IPv6", conns[ipv6].Load())
+	fmt.Fprintf(o.out, "%-20s %d\n", "reloads", reloads)
 	return nil
 }
 
-// Address families, as indices of site.conns.
+// serverConfig is the TLS configuration of a generation.
+func serverConfig(cert tls.Certificate) *tls.Config {
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
+}
+
+// Address families, as indices of the connection counts.
 const (
 	ipv4 = iota
 	ipv6
@@ -150,102 +195,6 @@ func familyOf(a netip.Addr) int {
 		return ipv4
 	}
 	return ipv6
-}
-
-// site is the HTTP/3 service: one http3.Server per listener generation, all
-// on one pooled transport.
-type site struct {
-	tr      *udppool.Transport
-	newCert func() (tls.Certificate, error)
-	handler http.Handler
-
-	conns [2]atomic.Int64 // connections served, by family
-
-	// Used by the goroutine of run only.
-	ln      *udppool.Listener // current
-	srv     *http3.Server     // current
-	spki    string            // hash of the current certificate's key
-	reloads int
-	wg      sync.WaitGroup // ServeListener calls and drains
-
-	mu      sync.Mutex
-	servers map[*http3.Server]bool // generations that still have connections
-}
-
-// reload starts a new generation: a fresh certificate and tls.Config, a
-// new listener and a new http3.Server on it; only then does it stop the
-// old listener. New handshakes go to the newest listener from the moment it
-// opens, and the port stays bound throughout. The old http3.Server keeps
-// serving the connections it already has; once the last of them has
-// closed, it is dropped.
-func (s *site) reload() error {
-	cert, err := s.newCert()
-	if err != nil {
-		return err
-	}
-	if s.spki, err = spkiHash(cert); err != nil {
-		return err
-	}
-	// ConfigureTLSConfig sets the h3 ALPN, by which the pool routes
-	// handshakes to this listener.
-	tlsConf := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
-	ln, err := s.tr.Listen(http3.ConfigureTLSConfig(tlsConf), nil)
-	if err != nil {
-		return err
-	}
-	srv := &http3.Server{Handler: s.handler, ConnContext: s.count}
-	s.wg.Go(func() {
-		// After the listener closes this returns http.ErrServerClosed,
-		// but the server still serves the connections it accepted.
-		if err := srv.ServeListener(ln); !errors.Is(err, http.ErrServerClosed) {
-			log.Printf("serving HTTP/3: %v", err)
-		}
-	})
-	s.mu.Lock()
-	s.servers[srv] = true
-	s.mu.Unlock()
-	if old, oldSrv := s.ln, s.srv; old != nil {
-		// Stop the old listener, not its server: closing the server
-		// would abort its requests in flight. Shutdown returns once
-		// the old generation's connections have all closed (its
-		// clients leave, or the exit closes them), and only then is
-		// its server dropped.
-		s.wg.Go(func() {
-			old.Shutdown(context.Background())
-			s.mu.Lock()
-			delete(s.servers, oldSrv)
-			s.mu.Unlock()
-			oldSrv.Close()
-		})
-		s.reloads++
-	}
-	s.ln, s.srv = ln, srv
-	return nil
-}
-
-// count is the servers' ConnContext: it runs once per connection, so it
-// counts handshakes rather than requests.
-func (s *site) count(ctx context.Context, c *quic.Conn) context.Context {
-	if a, ok := c.RemoteAddr().(*net.UDPAddr); ok {
-		s.conns[familyOf(a.AddrPort().Addr())].Add(1)
-	}
-	return ctx
-}
-
-// shutdown stops new connections, then lets every generation's server
-// finish its requests (up to shutdownGrace) and close its connections.
-func (s *site) shutdown() {
-	s.ln.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
-	defer cancel()
-	var wg sync.WaitGroup
-	s.mu.Lock()
-	for srv := range s.servers {
-		wg.Go(func() { srv.Shutdown(ctx) })
-	}
-	s.mu.Unlock()
-	wg.Wait()
-	s.wg.Wait()
 }
 
 // hello answers every request, naming the client's address family.

@@ -12,10 +12,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -107,9 +109,10 @@ func newClient(roots *x509.CertPool) *http3.Transport {
 // TestServeAcrossReloads serves on a dual-stack wildcard while reloading
 // every few milliseconds. Clients of each family the host has make
 // requests, each on a new connection, across several reloads; one more
-// client keeps a single connection from the first generation throughout,
-// which must outlive the listener that accepted it. The summary must count
-// exactly the connections the clients made.
+// client keeps its connection from the first generation until that
+// generation drains (its connection is asked to go), and its next request
+// is served on a new connection. The summary must count exactly the
+// connections the clients made.
 func TestServeAcrossReloads(t *testing.T) {
 	certs := newRotation(t)
 	var out syncBuffer
@@ -213,12 +216,22 @@ func TestServeAcrossReloads(t *testing.T) {
 		t.FailNow()
 	}
 
-	// The first connection outlived its listener and is still served.
+	// The first generation drained: the long-lived client left on the
+	// GOAWAY, and its next request goes to a new connection.
 	if certs.issued.Load() <= first {
 		t.Fatal("no reload since the first request")
 	}
+	for end := time.Now().Add(testTimeout); !strings.Contains(out.String(), "generation 1 drained:"); {
+		if time.Now().After(end) {
+			t.Fatalf("the first generation did not drain\n%s", out.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !regexp.MustCompile(`generation 1 drained: [1-9]\d* connections, \d+ ended by themselves, [1-9]\d* on GOAWAY, 0 at the deadline`).MatchString(out.String()) {
+		t.Errorf("the first generation's drain:\n%s", out.String())
+	}
 	if _, err := get(ctx, keep, fams[0].url); err != nil {
-		t.Fatalf("request on the first connection after reloads: %v", err)
+		t.Fatalf("request after the first generation drained: %v", err)
 	}
 	keep.Close()
 
@@ -230,7 +243,7 @@ func TestServeAcrossReloads(t *testing.T) {
 	for _, f := range fams {
 		want["connections "+f.name] += f.requests
 	}
-	want["connections "+fams[0].name]++ // the long-lived connection
+	want["connections "+fams[0].name] += 2 // the long-lived client's, before and after the drain
 	for label, n := range want {
 		if summary[label] != n {
 			t.Errorf("%s = %d, want %d", label, summary[label], n)
@@ -508,5 +521,97 @@ func TestCertFiles(t *testing.T) {
 			t.Fatalf("the replaced files were not served\n%s", out.String())
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestCertFilesReloadedOnHUP: a SIGHUP reads -cert and -key again; new
+// connections get the new certificate, and a reload from files that do not
+// parse fails and keeps the current one.
+func TestCertFilesReloadedOnHUP(t *testing.T) {
+	if !nettest.SupportsIPv4() {
+		t.Skip("host has no IPv4 loopback")
+	}
+	ca := udppooltest.TLS(t).CA
+	issue := func() tls.Certificate {
+		cert, err := ca.Issue(udppooltest.Leaf{Names: []string{"localhost", "127.0.0.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cert
+	}
+	dir := t.TempDir()
+	first, second := issue(), issue()
+	certFile, keyFile := writePEM(t, dir, first)
+
+	var out syncBuffer
+	ports := make(chan int, 1)
+	hup := make(chan os.Signal)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, options{listen: "127.0.0.1:0", certFile: certFile, keyFile: keyFile, out: &out, hup: hup,
+			ready: func(port int) { ports <- port }})
+	}()
+	var url string
+	select {
+	case port := <-ports:
+		url = fmt.Sprintf("https://127.0.0.1:%d/", port)
+	case err := <-done:
+		t.Fatalf("run: %v\n%s", err, out.String())
+	case <-time.After(testTimeout):
+		t.Fatal("server not ready")
+	}
+	served := func() *big.Int {
+		t.Helper()
+		client := newClient(ca.Roots())
+		defer client.Close()
+		rctx, rcancel := context.WithTimeout(ctx, testTimeout)
+		defer rcancel()
+		req, _ := http.NewRequestWithContext(rctx, http.MethodGet, url, nil)
+		resp, err := client.RoundTrip(req)
+		if err != nil {
+			t.Fatalf("request: %v", err)
+		}
+		resp.Body.Close()
+		return resp.TLS.PeerCertificates[0].SerialNumber
+	}
+	if served().Cmp(first.Leaf.SerialNumber) != 0 {
+		t.Fatal("not serving the certificate of -cert")
+	}
+	// The channel is unbuffered: the second send is taken once the
+	// reload of the first is done.
+	sighup := func() {
+		for range 2 {
+			select {
+			case hup <- syscall.SIGHUP:
+			case <-time.After(testTimeout):
+				t.Fatal("SIGHUP not taken")
+			}
+		}
+	}
+
+	writePEM(t, dir, second)
+	sighup()
+	if served().Cmp(second.Leaf.SerialNumber) != 0 {
+		t.Fatal("after SIGHUP: not serving the new certificate of -cert")
+	}
+	if err := os.WriteFile(certFile, []byte("not PEM"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sighup()
+	if !strings.Contains(out.String(), "reload failed:") {
+		t.Errorf("no failed reload reported:\n%s", out.String())
+	}
+	if served().Cmp(second.Leaf.SerialNumber) != 0 {
+		t.Fatal("after a failed reload: not serving the previous certificate")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// Two SIGHUPs per sighup: two reloads from good files, two failed.
+	if s := parseSummary(t, out.String()); s["reloads"] != 2 {
+		t.Errorf("reloads = %d, want 2 (failed ones do not count)\n%s", s["reloads"], out.String())
 	}
 }
