@@ -414,8 +414,11 @@ func (st *sharedTransport) tlsConfigFor(hello *tls.ClientHelloInfo) (*tls.Config
 	}
 	if l.tls.GetConfigForClient != nil {
 		conf, err := l.tls.GetConfigForClient(hello)
-		if err != nil || conf != nil {
-			return conf, err
+		if err != nil {
+			return nil, err
+		}
+		if conf != nil {
+			return ownTickets(conf, l.ticketKey), nil
 		}
 	}
 	return l.tls, nil
@@ -580,6 +583,7 @@ type Listener struct {
 
 	closeCode   quic.ApplicationErrorCode // see WithCloseCode
 	closeReason string
+	ticketKey   *[32]byte // see ownTickets
 
 	mu       sync.Mutex
 	closed   bool          // no more deliveries
@@ -634,8 +638,11 @@ func (t *Transport) listen(tlsConf *tls.Config, conf *quic.Config, early bool, o
 	if tlsConf == nil {
 		return nil, &net.OpError{Op: "listen", Net: "udp", Source: t.LocalAddr(), Err: errors.New("tls.Config not set")}
 	}
+	// Its own session tickets: see ownTickets.
+	ticketKey := newTicketKey()
+	tlsConf = ownTickets(tlsConf.Clone(), ticketKey)
 	l := &Listener{
-		t: t, early: early, tls: tlsConf, quic: conf, protos: slices.Clone(tlsConf.NextProtos),
+		t: t, early: early, tls: tlsConf, quic: conf, protos: slices.Clone(tlsConf.NextProtos), ticketKey: ticketKey,
 		done: make(chan struct{}), avail: make(chan struct{}),
 		conns: make(map[*quic.Conn]ending), drained: make(chan struct{}),
 	}

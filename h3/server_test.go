@@ -250,6 +250,9 @@ func TestClientCARemoved(t *testing.T) {
 	url := "https://" + addr + "/"
 	oldCert, keptCert := removed.issue(t, true), kept.issue(t, true)
 	revoked := newClient(server.pool(), &oldCert)
+	// It would resume its session if it could: a resumed session keeps
+	// the client certificate checks of the handshake that made it.
+	revoked.TLSClientConfig.ClientSessionCache = tls.NewLRUClientSessionCache(4)
 	defer revoked.Close()
 	good := newClient(server.pool(), &keptCert)
 	defer good.Close()
@@ -330,5 +333,58 @@ func TestShutdownLetsRequestsFinish(t *testing.T) {
 	}
 	if err := <-shut; err != nil {
 		t.Fatalf("Shutdown: %v", err)
+	}
+}
+
+// TestNoResumptionAcrossGenerations: a client that resumes TLS sessions
+// resumes within a generation, but not into the next one: a resumed
+// session keeps the certificate (and client certificate checks) of the
+// handshake that made it, so resuming across a reload would let a
+// connection use the replaced certificate after its drain.
+func TestNoResumptionAcrossGenerations(t *testing.T) {
+	if !nettest.SupportsIPv4() {
+		t.Skip("no IPv4 loopback")
+	}
+	auth := newCA(t, "test CA")
+	first, second := auth.issue(t, false), auth.issue(t, false)
+	drained := make(chan udppool.DrainStats, 2)
+	s, _ := serve(t, &h3.Server{Handler: http.HandlerFunc(hello), Drained: func(ds udppool.DrainStats) { drained <- ds }})
+	if err := s.Reload(serverTLS(first), nil); err != nil {
+		t.Fatal(err)
+	}
+	url := fmt.Sprintf("https://127.0.0.1:%d/", port(s))
+	cache := tls.NewLRUClientSessionCache(8)
+	// Each request on a new connection; the session cache is shared.
+	resumed := func() (bool, []byte) {
+		t.Helper()
+		c := newClient(auth.pool(), nil)
+		c.TLSClientConfig.ClientSessionCache = cache
+		defer c.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := c.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.TLS.DidResume, resp.TLS.PeerCertificates[0].Raw
+	}
+	resumed() // gets a session ticket
+	if ok, _ := resumed(); !ok {
+		t.Fatal("the client did not resume its session within a generation: the test proves nothing")
+	}
+	if err := s.Reload(serverTLS(second), nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-drained:
+	case <-time.After(testTimeout):
+		t.Fatal("the first generation did not drain")
+	}
+	ok, leaf := resumed()
+	if ok || string(leaf) != string(second.Certificate[0]) {
+		t.Errorf("after the reload: resumed %v, new certificate %v", ok, string(leaf) == string(second.Certificate[0]))
 	}
 }
