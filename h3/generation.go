@@ -31,6 +31,7 @@ type conn struct {
 	goAwayOnce sync.Once
 
 	mu     sync.Mutex
+	served bool          // a request has reached the handler
 	active int           // requests in the handler
 	wake   chan struct{} // closed by the next request, if set
 }
@@ -39,6 +40,7 @@ type conn struct {
 // waits for it.
 func (c *conn) handle(h http.Handler, w http.ResponseWriter, r *http.Request) {
 	c.mu.Lock()
+	c.served = true
 	c.active++
 	if c.wake != nil {
 		close(c.wake)
@@ -54,17 +56,18 @@ func (c *conn) handle(h http.Handler, w http.ResponseWriter, r *http.Request) {
 }
 
 // nextRequest returns nil if a request is in the handler, or else a
-// channel that the next request closes.
-func (c *conn) nextRequest() <-chan struct{} {
+// channel that the next request closes and whether the connection has
+// carried a request before.
+func (c *conn) nextRequest() (next <-chan struct{}, served bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.active > 0 {
-		return nil
+		return nil, true
 	}
 	if c.wake == nil {
 		c.wake = make(chan struct{})
 	}
-	return c.wake
+	return c.wake, c.served
 }
 
 // serve accepts connections until the listener is retired.
@@ -138,26 +141,30 @@ func (g *generation) retire(ctx context.Context) {
 }
 
 // goAway sends qc's GOAWAY, on a goroutine of its own: udppool's Drain
-// must not block. It picks its moment to minimise the requests that the
-// GOAWAY overtakes, which the server must reject: while a request is in
-// the handler (the client waits for its response, and the GOAWAY goes out
-// before the response is complete), or else when the next request arrives,
-// for a few round trips at most. A client that sends back to back loses no
-// round trip, and the new connection a client opened to retry a request
-// that an older generation rejected is not made to reject it again
-// (quic-go's client retries only once).
+// must not block. A GOAWAY rejects the requests it overtakes, which the
+// client must then send again on a new connection, so it picks its
+// moment. While a request is in the handler, it goes out at once: the
+// client waits for the response, and the GOAWAY is on its way before the
+// response is complete. On an idle connection it waits for the next
+// request for two of the connection's probe timeouts (RFC 9002, section
+// 6.2.1): a client sending back to back sends it by then, and a client
+// following RFC 9114 closes an idle connection as soon as the GOAWAY
+// comes. A connection that has not yet carried a request waits longer (a
+// few probe timeouts, 100 ms at least): it is most likely one that a
+// client opened to retry a request an older generation rejected, and a
+// GOAWAY now would reject it again, which quic-go's client does not retry.
+// Either wait is within a quarter of the grace period.
 func (g *generation) goAway(qc *quic.Conn) {
 	c := g.conn(qc)
 	c.goAwayOnce.Do(func() {
-		wait := requestWait(qc, g.s.grace())
 		g.s.running.Go(func() {
 			select {
 			case <-c.serving:
 			case <-qc.Context().Done():
 				return
 			}
-			if next := c.nextRequest(); next != nil {
-				t := time.NewTimer(wait)
+			if next, served := c.nextRequest(); next != nil {
+				t := time.NewTimer(requestWait(qc, served, g.s.grace()))
 				defer t.Stop()
 				select {
 				case <-next:
@@ -173,17 +180,20 @@ func (g *generation) goAway(qc *quic.Conn) {
 	})
 }
 
-// minRequestWait is the least time an idle connection of a retired
-// generation is given to send its next request before its GOAWAY goes out
+// minFirstRequestWait is the least time a new connection of a retired
+// generation is given to send its first request before its GOAWAY goes out
 // anyway; round trips on a loopback or a LAN are far shorter than the time
 // a busy client may take to send it.
-const minRequestWait = 100 * time.Millisecond
+const minFirstRequestWait = 100 * time.Millisecond
 
 // requestWait is how long an idle connection keeps its GOAWAY back waiting
-// for a request: a few of its probe timeouts (RFC 9002, section 6.2.1),
-// within a quarter of the grace period.
-func requestWait(qc *quic.Conn, grace time.Duration) time.Duration {
+// for a request (see goAway).
+func requestWait(qc *quic.Conn, served bool, grace time.Duration) time.Duration {
 	st := qc.ConnectionStats()
 	pto := st.SmoothedRTT + max(4*st.MeanDeviation, time.Millisecond)
-	return min(max(4*pto, minRequestWait), grace/4)
+	wait := 2 * pto
+	if !served {
+		wait = max(4*pto, minFirstRequestWait)
+	}
+	return min(wait, grace/4)
 }

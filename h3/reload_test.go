@@ -86,9 +86,19 @@ func (f *family) record(o outcome, long bool) {
 // clients leaving on the GOAWAY, none cut at the grace period, and no
 // request that starts after a generation drained may be answered with that
 // generation's certificate.
-func TestHundredReloads(t *testing.T) {
+func TestHundredReloads(t *testing.T) { reloadUnderLoad(t, 100) }
+
+// TestReloadsSplitStack runs the same load on a "udp" wildcard served by
+// an IPv4 and an IPv6 socket, one listener generation spanning both.
+func TestReloadsSplitStack(t *testing.T) {
+	if !nettest.SupportsIPv4() || !nettest.SupportsIPv6() {
+		t.Skip("needs IPv4 and IPv6 loopback")
+	}
+	reloadUnderLoad(t, 20, udppool.WithSplitStack(true))
+}
+
+func reloadUnderLoad(t *testing.T, reloads int, opts ...udppool.Option) {
 	const (
-		reloads      = 100
 		shortClients = 2 // per family
 		longClients  = 1 // per family
 		longReloads  = 3 // reloads a long request waits for
@@ -166,7 +176,7 @@ func TestHundredReloads(t *testing.T) {
 	}
 
 	const grace = testTimeout / 2 // no client here stays that long
-	s, p := serve(t, &h3.Server{Handler: handler, Grace: grace, Drained: drained})
+	s, p := serve(t, &h3.Server{Handler: handler, Grace: grace, Drained: drained}, opts...)
 	if err := s.Reload(serverTLS(certs[0]), nil); err != nil {
 		t.Fatal(err)
 	}
@@ -179,6 +189,7 @@ func TestHundredReloads(t *testing.T) {
 	var progress []*atomic.Int64 // requests done, per short client
 	client := func(f *family, path string, done *atomic.Int64) {
 		c := newClient(auth.pool(), nil)
+		c.TLSClientConfig.ClientSessionCache = tls.NewLRUClientSessionCache(4) // resumes when it can
 		defer c.Close()
 		for range 100000 { // bounded; stopped by the test
 			select {
@@ -251,7 +262,7 @@ func TestHundredReloads(t *testing.T) {
 	}
 	var times []time.Duration
 	var byThemselves, byGoAway, byDeadline, conns int
-	for gen := uint64(1); gen <= reloads; gen++ {
+	for gen := uint64(1); gen <= uint64(reloads); gen++ {
 		times = append(times, drainTimes[gen])
 		ds := drains[gen]
 		conns += ds.Conns
@@ -285,7 +296,7 @@ func TestHundredReloads(t *testing.T) {
 	if byDeadline > 0 {
 		t.Errorf("%d connections were still open when their generation's grace period ended", byDeadline)
 	}
-	for gen := uint64(1); gen <= reloads; gen++ {
+	for gen := uint64(1); gen <= uint64(reloads); gen++ {
 		if ds := drains[gen]; ds.Conns != ds.EndedByThemselves+ds.EndedByGoAway+ds.EndedByDeadline {
 			t.Errorf("generation %d: drain %+v does not account for every connection", gen, ds)
 		}
@@ -296,7 +307,7 @@ func TestHundredReloads(t *testing.T) {
 	// Only the current generation is left.
 	for _, st := range p.Stats() {
 		for _, l := range st.Listeners {
-			if l.Generation != reloads+1 {
+			if l.Generation != uint64(reloads)+1 {
 				t.Errorf("generation %d still listed after its drain: %+v", l.Generation, l)
 			}
 		}

@@ -26,13 +26,20 @@ func hello(w http.ResponseWriter, r *http.Request) {
 
 // TestServeAndReload: requests over IPv4 and IPv6 are served before and
 // after a reload, each by the certificate of the generation its connection
-// belongs to; the retired generation drains by GOAWAY alone.
+// belongs to; the retired generation drains by GOAWAY alone. With 0-RTT
+// allowed, connections are served from their first flight.
 func TestServeAndReload(t *testing.T) {
+	for _, conf := range []*quic.Config{nil, {Allow0RTT: true}} {
+		t.Run(fmt.Sprintf("0-RTT=%v", conf != nil), func(t *testing.T) { serveAndReload(t, conf) })
+	}
+}
+
+func serveAndReload(t *testing.T, quicConf *quic.Config) {
 	auth := newCA(t, "test CA")
 	first, second := auth.issue(t, false), auth.issue(t, false)
 	drained := make(chan udppool.DrainStats, 2)
 	s, _ := serve(t, &h3.Server{Handler: http.HandlerFunc(hello), Drained: func(ds udppool.DrainStats) { drained <- ds }})
-	if err := s.Reload(serverTLS(first), nil); err != nil {
+	if err := s.Reload(serverTLS(first), quicConf); err != nil {
 		t.Fatal(err)
 	}
 	var hosts []string
@@ -51,7 +58,7 @@ func TestServeAndReload(t *testing.T) {
 			t.Fatalf("before the reload, %s: %q, %v", host, o.body, o.err)
 		}
 	}
-	if err := s.Reload(serverTLS(second), nil); err != nil {
+	if err := s.Reload(serverTLS(second), quicConf); err != nil {
 		t.Fatal(err)
 	}
 	var ds udppool.DrainStats
