@@ -65,9 +65,11 @@
 //
 // Reloads open first and close second. To change a QUIC server's
 // configuration, open a Listener with the new configuration on the same
-// Transport, then Close (or [Listener.Shutdown], which also waits for its
-// connections to end) the old one. The port never closes, no handshake is
-// refused, and [Pool.Stats] shows each listener generation draining.
+// Transport, then Close the old one, or better [Listener.Drain] it: its
+// connections are asked to go and closed when a grace period ends, so no
+// connection made with the old configuration outlives it. The port never
+// closes, no handshake is refused, and [Pool.Stats] shows each listener
+// generation draining. Package h3 does all of this for HTTP/3.
 //
 // Across processes, a new binary takes over with an [Upgrader]
 // ([NewUpgrader], [WithUpgrader]): the running process starts its

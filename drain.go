@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"log/slog"
-	"maps"
-	"slices"
 	"strings"
 
 	"github.com/quic-go/quic-go"
@@ -157,9 +155,14 @@ func (l *Listener) Drain(ctx context.Context, goAway func(*quic.Conn)) (DrainSta
 		err = ctx.Err()
 		l.mu.Lock()
 		l.cut = true
-		left := slices.Collect(maps.Keys(l.conns))
-		for _, c := range left {
-			l.conns[c] = endedByDeadline
+		var left []*quic.Conn
+		for c := range l.conns {
+			// One that has ended already, its bookkeeping still to come,
+			// ended before the deadline.
+			if c.Context().Err() == nil {
+				l.conns[c] = endedByDeadline
+				left = append(left, c)
+			}
 		}
 		queued := l.queue
 		l.queue = nil

@@ -418,7 +418,7 @@ func (st *sharedTransport) tlsConfigFor(hello *tls.ClientHelloInfo) (*tls.Config
 			return nil, err
 		}
 		if conf != nil {
-			return ownTickets(conf, l.ticketKey), nil
+			return boundConfig(conf, l.ticketTag), nil
 		}
 	}
 	return l.tls, nil
@@ -583,7 +583,7 @@ type Listener struct {
 
 	closeCode   quic.ApplicationErrorCode // see WithCloseCode
 	closeReason string
-	ticketKey   *[32]byte // see ownTickets
+	ticketTag   []byte // marks its TLS sessions (see bindSessions)
 
 	mu       sync.Mutex
 	closed   bool          // no more deliveries
@@ -638,11 +638,13 @@ func (t *Transport) listen(tlsConf *tls.Config, conf *quic.Config, early bool, o
 	if tlsConf == nil {
 		return nil, &net.OpError{Op: "listen", Net: "udp", Source: t.LocalAddr(), Err: errors.New("tls.Config not set")}
 	}
-	// Its own session tickets: see ownTickets.
-	ticketKey := newTicketKey()
-	tlsConf = ownTickets(tlsConf.Clone(), ticketKey)
+	// A copy of its own, whose sessions resume only with its TLS identity
+	// (see bindSessions).
+	ticketTag := ticketTag(tlsConf, randomTicketTag())
+	tlsConf = tlsConf.Clone()
+	bindSessions(tlsConf, ticketTag)
 	l := &Listener{
-		t: t, early: early, tls: tlsConf, quic: conf, protos: slices.Clone(tlsConf.NextProtos), ticketKey: ticketKey,
+		t: t, early: early, tls: tlsConf, quic: conf, protos: slices.Clone(tlsConf.NextProtos), ticketTag: ticketTag,
 		done: make(chan struct{}), avail: make(chan struct{}),
 		conns: make(map[*quic.Conn]ending), drained: make(chan struct{}),
 	}
@@ -757,8 +759,8 @@ func (l *Listener) Accept(ctx context.Context) (*quic.Conn, error) {
 			return a.conn, nil
 		}
 		avail, done := l.avail, l.done
-		if l.draining {
-			done = nil // closed already; avail tells when deliveries end
+		if l.closed {
+			done = nil // a draining listener's, closed: avail tells when deliveries end
 		}
 		l.mu.Unlock()
 		select {

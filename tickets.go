@@ -3,43 +3,101 @@ package udppool
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/binary"
+	"slices"
 )
 
-// ownTickets returns conf, or a copy of it, that encrypts session tickets
-// with key unless conf has keys of its own.
+// Session tickets and reloads.
 //
-// Without keys of its own, a configuration returned by GetConfigForClient
-// uses those of the configuration that asked, here the one of the shared
-// transport: a client could then resume, on the listener of a reload, a
-// session made with the previous listener's certificate, and a resumed
-// session keeps the certificates of the handshake that made it. A reload
-// that replaces a certificate must end its connections with its drain, so
-// each listener's tickets are its own. An application that sets keys
-// itself (SessionTicketKey or SetSessionTicketKeys) keeps them, and with
-// them resumption across listeners.
-func ownTickets(conf *tls.Config, key *[32]byte) *tls.Config {
-	// A zero key, or one that crypto/tls made itself when the
-	// configuration was first used (marked with this prefix), means that
-	// no key was set.
-	if k := conf.SessionTicketKey; k != [32]byte{} && !bytes.HasPrefix(k[:], ticketKeyMark) {
-		return conf
+// A resumed TLS session keeps the certificates of the handshake that made
+// it: the server presents none, and the client certificate is not asked
+// for again. Without care, a client could resume on the listener of a
+// reload a session made with the previous listener's certificate (a
+// configuration that GetConfigForClient returns without ticket keys of its
+// own uses those of the shared transport's configuration, common to every
+// generation), and a connection would use the replaced certificate after
+// the drain that was to end them. So every session a listener issues is
+// marked with its TLS identity (see ticketTag), and a listener resumes
+// only sessions bearing its own mark. Sessions are encrypted with the
+// keys of the listener's configuration: its own, rotated by crypto/tls,
+// unless the application set keys.
+
+// bindSessions makes conf, a copy that the caller owns, mark the session
+// tickets it issues with tag and resume only tickets marked so, around any
+// WrapSession and UnwrapSession it has.
+func bindSessions(conf *tls.Config, tag []byte) {
+	wrap, unwrap := conf.WrapSession, conf.UnwrapSession
+	conf.WrapSession = func(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
+		ss.Extra = append(ss.Extra, tag)
+		if wrap != nil {
+			return wrap(cs, ss)
+		}
+		return conf.EncryptTicket(cs, ss)
 	}
-	// crypto/tls takes SessionTicketKey as the only key unless keys were
-	// set with SetSessionTicketKeys, which then win.
-	conf = conf.Clone()
-	conf.SessionTicketKey = *key
-	return conf
+	conf.UnwrapSession = func(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
+		var ss *tls.SessionState
+		var err error
+		if unwrap != nil {
+			ss, err = unwrap(identity, cs)
+		} else {
+			ss, err = conf.DecryptTicket(identity, cs)
+		}
+		if err != nil || ss == nil {
+			return ss, err
+		}
+		if !slices.ContainsFunc(ss.Extra, func(e []byte) bool { return bytes.Equal(e, tag) }) {
+			return nil, nil // made with another identity: a full handshake
+		}
+		return ss, nil
+	}
 }
 
-var ticketKeyMark = []byte("DEPRECATED")
+// ticketTagPrefix starts the marks of bindSessions among a session's
+// extra data.
+var ticketTagPrefix = []byte("udppool identity ")
 
-// newTicketKey returns a random session ticket key for a listener.
-func newTicketKey() *[32]byte {
-	key := new([32]byte)
-	rand.Read(key[:])
-	if bytes.HasPrefix(key[:], ticketKeyMark) {
-		key[0] ^= 0xff // never mistaken for one crypto/tls made
+// ticketTag returns the mark of the sessions made with conf. A
+// configuration whose identity is fixed (its certificates, and no client
+// CAs or callbacks that decide per handshake) is marked by a hash of its
+// certificates and client authentication mode: sessions then resume across
+// listeners, and processes sharing ticket keys, that present the same
+// certificates, and never into a configuration with others. Any other is
+// marked by random, a mark of its own.
+func ticketTag(conf *tls.Config, random []byte) []byte {
+	if conf.GetCertificate != nil || conf.GetConfigForClient != nil || conf.ClientCAs != nil ||
+		conf.VerifyPeerCertificate != nil || conf.VerifyConnection != nil || len(conf.Certificates) == 0 {
+		return random
 	}
-	return key
+	h := sha256.New()
+	for _, c := range conf.Certificates {
+		binary.Write(h, binary.BigEndian, uint32(len(c.Certificate)))
+		for _, der := range c.Certificate {
+			binary.Write(h, binary.BigEndian, uint32(len(der)))
+			h.Write(der)
+		}
+	}
+	binary.Write(h, binary.BigEndian, int32(conf.ClientAuth))
+	return append(slices.Clip(ticketTagPrefix), h.Sum(nil)[:16]...)
+}
+
+// randomTicketTag returns a mark of a listener's own.
+func randomTicketTag() []byte {
+	tag := make([]byte, len(ticketTagPrefix)+16)
+	copy(tag, ticketTagPrefix)
+	rand.Read(tag[len(ticketTagPrefix):])
+	return tag
+}
+
+// boundConfig returns a copy of conf, a configuration that a listener's
+// GetConfigForClient returned, bound as bindSessions does, with the
+// listener's own mark if conf's identity is not fixed.
+func boundConfig(conf *tls.Config, listenerTag []byte) *tls.Config {
+	// Make conf's own ticket keys before copying it, so that every copy
+	// of a configuration returned more than once shares them.
+	conf.DecryptTicket(nil, tls.ConnectionState{})
+	c := conf.Clone()
+	bindSessions(c, ticketTag(conf, listenerTag))
+	return c
 }

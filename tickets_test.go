@@ -7,31 +7,56 @@ import (
 	"testing"
 
 	"github.com/quic-go/quic-go"
-	"github.com/udppool/udppool"
+	"github.com/udppool/udppool/udppooltest"
 )
 
 // TestTicketsPerListener: a client resumes its TLS session on the listener
-// that issued it, but not on a later listener of the same Transport (a
-// resumed session would keep the earlier certificate), unless the
-// application set the ticket keys itself; the same holds for a
-// configuration returned by GetConfigForClient.
+// that issued it. On a later listener of the same Transport it resumes
+// only if the application shares ticket keys between them and the new
+// listener presents the same certificate without client CAs: a resumed
+// session keeps the certificates of the handshake that made it, so a
+// session must never outlive a certificate or client CA change.
 func TestTicketsPerListener(t *testing.T) {
 	needV4(t)
-	shared := func(conf *tls.Config) *tls.Config {
-		conf.SessionTicketKey = [32]byte{1, 2, 3}
+	// A certificate from the same CA, for the same names, but another.
+	otherCert, err := certs().CA.Issue(udppooltest.Leaf{Names: []string{"localhost", "127.0.0.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := &udppooltest.Certs{Certificate: otherCert, Roots: certs().Roots, CA: certs().CA}
+	sharedKeys := func(conf *tls.Config) *tls.Config {
+		conf.SetSessionTicketKeys([][32]byte{{1, 2, 3}})
 		return conf
 	}
-	viaCallback := func(conf *tls.Config) *tls.Config {
-		return &tls.Config{GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return conf, nil }, NextProtos: conf.NextProtos}
-	}
+	// Each listener's configuration, by its number from 0.
+	same := func(int) *tls.Config { return certs().ServerConfig("echo") }
 	for _, tc := range []struct {
 		name   string
-		conf   func(*tls.Config) *tls.Config
+		conf   func(i int) *tls.Config
 		across bool // resumes on the next listener
 	}{
-		{"default keys", func(c *tls.Config) *tls.Config { return c }, false},
-		{"GetConfigForClient", viaCallback, false},
-		{"keys set by the application", shared, true},
+		{"own keys", same, false},
+		{"own keys, GetConfigForClient", func(int) *tls.Config {
+			conf := certs().ServerConfig("echo")
+			return &tls.Config{GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return conf, nil }, NextProtos: conf.NextProtos}
+		}, false},
+		{"shared keys, same certificate", func(int) *tls.Config { return sharedKeys(certs().ServerConfig("echo")) }, true},
+		{"shared keys, same certificate, GetConfigForClient", func(int) *tls.Config {
+			conf := sharedKeys(certs().ServerConfig("echo"))
+			return &tls.Config{GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return conf, nil }, NextProtos: conf.NextProtos}
+		}, true},
+		{"shared keys, new certificate", func(i int) *tls.Config {
+			conf := certs().ServerConfig("echo")
+			if i > 0 {
+				conf = other.ServerConfig("echo")
+			}
+			return sharedKeys(conf)
+		}, false},
+		{"shared keys, same certificate, client CAs", func(int) *tls.Config {
+			conf := sharedKeys(certs().ServerConfig("echo"))
+			conf.ClientAuth, conf.ClientCAs = tls.VerifyClientCertIfGiven, certs().Roots
+			return conf
+		}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := pool(t)
@@ -60,20 +85,21 @@ func TestTicketsPerListener(t *testing.T) {
 				}
 				return conn.ConnectionState().TLS.DidResume
 			}
-			listen := func() (*udppool.Listener, func()) {
-				ln, err := tr.Listen(tc.conf(certs().ServerConfig("echo")), nil)
+			listen := func(i int) func() {
+				ln, err := tr.Listen(tc.conf(i), nil)
 				if err != nil {
 					t.Fatal(err)
 				}
 				wait := echoServer(ln, "t:")
-				return ln, func() { ln.Close(); wait() }
+				return func() { ln.Close(); wait() }
 			}
-			_, closeFirst := listen()
+			closeFirst := listen(0)
 			resumed()
 			if !resumed() {
+				closeFirst()
 				t.Fatal("no resumption on the listener that issued the ticket: the test proves nothing")
 			}
-			_, closeNext := listen()
+			closeNext := listen(1)
 			defer closeNext()
 			closeFirst()
 			if got := resumed(); got != tc.across {
