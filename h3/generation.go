@@ -30,19 +30,23 @@ type conn struct {
 	serving    chan struct{} // closed once srv serves qc
 	goAwayOnce sync.Once
 
-	mu     sync.Mutex
-	served bool          // a request has reached the handler
-	active int           // requests in the handler
-	wake   chan struct{} // closed by the next request, if set
+	mu       sync.Mutex
+	served   bool          // a request has reached the handler
+	active   int           // requests in the handler
+	wake     chan struct{} // closed by the next request, if set
+	goAwayAt time.Time     // when the GOAWAY was sent
 }
 
 // handle runs a request through h, counting it and waking a GOAWAY that
-// waits for it.
+// waits for it. A request that wakes the GOAWAY, or that the GOAWAY found
+// in the handler, keeps its response back until the GOAWAY has had a
+// moment's lead (see goAwayLead), so that it reaches the client first.
 func (c *conn) handle(h http.Handler, w http.ResponseWriter, r *http.Request) {
 	c.mu.Lock()
 	c.served = true
 	c.active++
-	if c.wake != nil {
+	woke := c.wake != nil
+	if woke {
 		close(c.wake)
 		c.wake = nil
 	}
@@ -53,10 +57,46 @@ func (c *conn) handle(h http.Handler, w http.ResponseWriter, r *http.Request) {
 		c.mu.Unlock()
 	}()
 	h.ServeHTTP(w, r)
+	c.mu.Lock()
+	at := c.goAwayAt
+	c.mu.Unlock()
+	var hold time.Duration
+	switch {
+	case !at.IsZero():
+		hold = goAwayLead(c.qc) - time.Since(at)
+	case woke: // the GOAWAY is on its way
+		hold = goAwayLead(c.qc)
+	}
+	if hold > 0 {
+		t := time.NewTimer(hold)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+		}
+	}
+}
+
+// minGoAwayLead is the least head start a GOAWAY gets over the response of
+// the request that woke it: time for the goroutines of the server to send
+// it and of the client to read it, on a busy machine.
+const minGoAwayLead = 5 * time.Millisecond
+
+// goAwayLead is how long the response of the request that woke a GOAWAY
+// is kept back. A client that reads the response, then opens its next
+// request before it has read the GOAWAY, has that request rejected (and
+// sends it again), or, with quic-go v0.65's client if the GOAWAY is read
+// just as the request is opened, lost: that client closes a connection
+// without requests when a GOAWAY comes, and does not count a request
+// until just after it was opened. A client that has read the GOAWAY
+// before the response closes the connection after the response and sends
+// its next request on a new one, which costs nothing.
+func goAwayLead(qc *quic.Conn) time.Duration {
+	return max(qc.ConnectionStats().SmoothedRTT, minGoAwayLead)
 }
 
 // nextRequest returns nil if a request is in the handler, or else a
-// channel that the next request closes and whether the connection has
+// channel that the next request closes, and whether the connection has
 // carried a request before.
 func (c *conn) nextRequest() (next <-chan struct{}, served bool) {
 	c.mu.Lock()
@@ -141,19 +181,21 @@ func (g *generation) retire(ctx context.Context) {
 }
 
 // goAway sends qc's GOAWAY, on a goroutine of its own: udppool's Drain
-// must not block. A GOAWAY rejects the requests it overtakes, which the
-// client must then send again on a new connection, so it picks its
-// moment. While a request is in the handler, it goes out at once: the
-// client waits for the response, and the GOAWAY is on its way before the
-// response is complete. On an idle connection it waits for the next
-// request for two of the connection's probe timeouts (RFC 9002, section
-// 6.2.1): a client sending back to back sends it by then, and a client
-// following RFC 9114 closes an idle connection as soon as the GOAWAY
-// comes. A connection that has not yet carried a request waits longer (a
-// few probe timeouts, 100 ms at least): it is most likely one that a
-// client opened to retry a request an older generation rejected, and a
-// GOAWAY now would reject it again, which quic-go's client does not retry.
-// Either wait is within a quarter of the grace period.
+// must not block. It picks its moment. While a request is in the handler,
+// the GOAWAY goes out at once: the client is waiting for the response and
+// opens no request meanwhile, and it closes the connection once the
+// response is complete (which handle keeps back until the GOAWAY is
+// ahead). On an idle connection it waits for the next
+// request (see requestWait) and goes out then, or at the end of the wait,
+// when a client following RFC 9114 closes the idle connection at once. A GOAWAY that arrives while the
+// client opens a request is what costs requests: the server rejects the
+// request, and quic-go's client sends it again on a new connection, but
+// only once, so a retry that a GOAWAY overtook in turn (the new
+// connection is one of a generation that a reload retires just then) would
+// be lost; and quic-go v0.65's client closes a connection that has no
+// request open when a GOAWAY comes, including one it has just opened and
+// not yet counted, which fails that request. Waiting for the request
+// avoids both in a client that sends back to back.
 func (g *generation) goAway(qc *quic.Conn) {
 	c := g.conn(qc)
 	c.goAwayOnce.Do(func() {
@@ -173,6 +215,9 @@ func (g *generation) goAway(qc *quic.Conn) {
 					return
 				}
 			}
+			c.mu.Lock()
+			c.goAwayAt = time.Now()
+			c.mu.Unlock()
 			// Shutdown returns once the connection has ended: the client
 			// closed it, or the drain's deadline did.
 			c.srv.Shutdown(context.Background())
@@ -180,20 +225,27 @@ func (g *generation) goAway(qc *quic.Conn) {
 	})
 }
 
-// minFirstRequestWait is the least time a new connection of a retired
-// generation is given to send its first request before its GOAWAY goes out
-// anyway; round trips on a loopback or a LAN are far shorter than the time
-// a busy client may take to send it.
-const minFirstRequestWait = 100 * time.Millisecond
+// The least time an idle connection of a retired generation is given to
+// send its next request before its GOAWAY goes out anyway; round trips on a
+// loopback or a LAN are far shorter than the time a busy client may take
+// to send it. A connection that has carried no request yet is given more:
+// it is most likely one that a client opened to send again a request that
+// an older generation rejected, which must not be rejected twice.
+const (
+	minRequestWait      = 100 * time.Millisecond
+	minFirstRequestWait = time.Second
+)
 
 // requestWait is how long an idle connection keeps its GOAWAY back waiting
-// for a request (see goAway).
+// for a request (see goAway): a few of its probe timeouts (RFC 9002,
+// section 6.2.1), at least the minimum, at most a quarter of the grace
+// period.
 func requestWait(qc *quic.Conn, served bool, grace time.Duration) time.Duration {
 	st := qc.ConnectionStats()
 	pto := st.SmoothedRTT + max(4*st.MeanDeviation, time.Millisecond)
-	wait := 2 * pto
-	if !served {
-		wait = max(4*pto, minFirstRequestWait)
+	least := minFirstRequestWait
+	if served {
+		least = minRequestWait
 	}
-	return min(wait, grace/4)
+	return min(max(4*pto, least), grace/4)
 }

@@ -12,9 +12,14 @@
 // Requests that a GOAWAY overtakes are refused with H3_REQUEST_REJECTED
 // before the handler sees them, which tells the client that it may send
 // them again on a new connection (quic-go's http3.Transport does, once).
-// To keep that retry from being refused in turn by the next reload, a
-// connection that has not yet carried a request gets its GOAWAY only after
-// its first request has arrived, or after a few round trips.
+// So that few are, and none twice, each connection has an http3.Server of
+// its own and gets its GOAWAY while a request is in the handler (at once
+// if one is, else with the connection's next request, or after a few
+// round trips without one: 100 ms at least, a second on a connection that
+// has not yet carried a request), and that request's response waits until
+// the GOAWAY has a few milliseconds' lead: the client reads the GOAWAY
+// first, closes the connection after the response, and sends its next
+// request on a new connection, where it was never rejected.
 package h3
 
 import (
