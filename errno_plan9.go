@@ -2,6 +2,10 @@ package udppool
 
 import "errors"
 
-// errAddrInUse is the error of a bind to a port in use. Plan 9 has no
-// errno values.
-var errAddrInUse = errors.New("address already in use")
+// Plan 9 has no errno values: these errors are never returned there.
+var (
+	errAddrInUse     = errors.New("address already in use")
+	errBadDescriptor = errors.New("bad file descriptor")
+)
+
+func bindBlocked(error) bool { return false }

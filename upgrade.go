@@ -257,7 +257,7 @@ func (u *Upgrader) bind(ctx context.Context, k Key, o bindOpts) (*socket, error)
 	}
 	s, err := bind(ctx, k, o)
 	if err != nil {
-		if f != nil && (errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EADDRINUSE)) {
+		if f != nil && bindBlocked(err) {
 			return u.adopt(k, f) // the predecessor's socket is the way in
 		}
 		return nil, err
@@ -331,7 +331,7 @@ func (u *Upgrader) resteer() error {
 	var errs []error
 	for k, s := range u.socks {
 		if err := u.steer(k, s.raw); err != nil {
-			if errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.EBADF) {
+			if errors.Is(err, net.ErrClosed) || errors.Is(err, errBadDescriptor) {
 				delete(u.socks, k) // closed since: nothing to steer
 				continue
 			}
