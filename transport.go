@@ -5,9 +5,13 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
+	"reflect"
 	"runtime"
+	"slices"
+	"sync"
 	"sync/atomic"
 
 	"github.com/quic-go/quic-go"
@@ -348,4 +352,547 @@ func (t *Transport) ReadNonQUICPacket(ctx context.Context, b []byte) (int, net.A
 		return 0, nil, ctx.Err()
 	}
 	return 0, nil, &net.OpError{Op: "read", Net: "udp", Source: t.LocalAddr(), Err: net.ErrClosed}
+}
+
+// sharedTransport is the one quic.Transport of a pooled socket, shared by
+// every Transport handle and Listener of that socket.
+type sharedTransport struct {
+	pool     *Pool
+	entry    *entry
+	conn     *Conn // quic-go's own handle: its deadlines are its own
+	qt       *quic.Transport
+	settings *quic.Transport // as requested by the first user; nil for defaults
+
+	// guarded by Pool.mu
+	refs    int           // Transport handles and Listeners
+	closing bool          // no new references
+	done    chan struct{} // closed when fully shut down
+
+	// stopped is closed when the transport can serve no more: shut down by
+	// its last user, or its socket closed by Pool.Close or found dead.
+	// Waiting Accepts and ReadNonQUICPackets return then.
+	stopOnce  sync.Once
+	stopped   chan struct{}
+	stopCause error // why it stopped, if not by its last user; set before stopped closes
+
+	// realMu serializes opening and closing the one quic-go listener, which
+	// quic-go allows only after the previous one has fully closed.
+	realMu     sync.Mutex
+	real       *quic.EarlyListener
+	acceptDone chan struct{}
+	// versions are the QUIC versions the running quic-go listener offers
+	// in version negotiation, which happens before any per-connection
+	// configuration is asked for: every open listener must agree on them.
+	versions []quic.Version
+
+	mu        sync.Mutex
+	listeners []*Listener        // open logical listeners, oldest first
+	all       map[*Listener]bool // listeners holding a reference, open or draining
+	gens      uint64             // generations handed out
+
+	pumpOnce sync.Once
+	packets  chan nonQUICPacket
+
+	// refused counts handshaken connections the pool closed because no
+	// listener could take them (none open, or its queue full).
+	refused atomic.Uint64
+}
+
+type nonQUICPacket struct {
+	data []byte
+	addr net.Addr
+}
+
+// acquireTransport returns a new reference to the shared transport of the
+// socket of k, creating both as needed. fresh is for the second socket of a
+// split-stack port 0 Transport: it must be a new socket, never one the pool
+// holds already.
+func (p *Pool) acquireTransport(ctx context.Context, k Key, settings *quic.Transport, fresh bool) (*sharedTransport, error) {
+	for {
+		c, err := p.acquire(ctx, k, acquireOpts{quic: true, fresh: fresh})
+		if err != nil {
+			return nil, err
+		}
+		e := c.entry
+		p.mu.Lock()
+		if p.closed.Load() || e.closing.Load() {
+			// Closed by Pool.Close or found dead since the acquire: a
+			// transport on it would never see a datagram.
+			p.mu.Unlock()
+			c.Close()
+			if p.closed.Load() {
+				return nil, ErrPoolClosed
+			}
+			continue
+		}
+		st := e.qt
+		switch {
+		case st != nil && st.closing:
+			// Wait until the old transport has stopped reading: two
+			// transports on one socket would split its datagrams.
+			p.mu.Unlock()
+			c.Close()
+			select {
+			case <-st.done:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		case st != nil:
+			err := st.compatible(settings)
+			if err == nil {
+				st.refs++
+			}
+			p.mu.Unlock()
+			c.Close() // the shared transport holds its own handle
+			if err != nil {
+				return nil, err
+			}
+			return st, nil
+		}
+		// Claim the socket for QUIC, then make sure no plain handle holds
+		// it: a plain reader would take datagrams from quic-go. The fast
+		// path of ListenPacket does the same in the opposite order (count
+		// its reference, then look at the claim), so one of two racing
+		// acquires always sees the other.
+		e.quic.Store(true)
+		if e.refs.Load() > 1 {
+			e.quic.Store(false)
+			p.mu.Unlock()
+			c.Close()
+			return nil, ErrHasConns
+		}
+		st = &sharedTransport{
+			pool: p, entry: e, conn: c, settings: settings, refs: 1,
+			done: make(chan struct{}), stopped: make(chan struct{}),
+			all: make(map[*Listener]bool),
+		}
+		st.qt = st.newQUICTransport()
+		e.qt = st
+		p.mu.Unlock()
+		return st, nil
+	}
+}
+
+// newQUICTransport builds the quic.Transport on st.conn with the requested
+// settings, chaining ConnContext to record which listener a handshake chose.
+func (st *sharedTransport) newQUICTransport() *quic.Transport {
+	qt := &quic.Transport{}
+	if st.settings != nil {
+		dst, src := reflect.ValueOf(qt).Elem(), reflect.ValueOf(st.settings).Elem()
+		for i := range dst.NumField() {
+			if dst.Type().Field(i).IsExported() {
+				dst.Field(i).Set(src.Field(i))
+			}
+		}
+	}
+	qt.Conn = st.conn
+	if u := st.pool.opts.upgrader; u != nil {
+		u.setupTransport(qt, st)
+	}
+	user := qt.ConnContext
+	qt.ConnContext = func(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
+		r := new(route)
+		// quic-go cancels the context it passes here when the
+		// connection closes: a handshake that fails is settled then.
+		context.AfterFunc(ctx, r.settle)
+		if user != nil {
+			var err error
+			if ctx, err = user(ctx, info); err != nil {
+				return ctx, err
+			}
+		}
+		return context.WithValue(ctx, routeKey{}, r), nil
+	}
+	return qt
+}
+
+// compatible checks a later user's settings against the first user's.
+// Pool.mu must be held.
+func (st *sharedTransport) compatible(settings *quic.Transport) error {
+	if settings == nil {
+		return nil
+	}
+	want := reflect.ValueOf(settings).Elem()
+	var have reflect.Value
+	if st.settings != nil {
+		have = reflect.ValueOf(st.settings).Elem()
+	}
+	for i := range want.NumField() {
+		f := want.Type().Field(i)
+		if !f.IsExported() || f.Name == "Conn" || want.Field(i).IsZero() {
+			continue
+		}
+		if !have.IsValid() || !sameSetting(want.Field(i), have.Field(i)) {
+			return fmt.Errorf("%w: %s", ErrTransportConfig, f.Name)
+		}
+	}
+	return nil
+}
+
+func sameSetting(a, b reflect.Value) bool {
+	switch a.Kind() {
+	case reflect.Func:
+		return !b.IsNil() && a.Pointer() == b.Pointer()
+	case reflect.Pointer:
+		return !b.IsNil() && reflect.DeepEqual(a.Elem().Interface(), b.Elem().Interface())
+	}
+	return reflect.DeepEqual(a.Interface(), b.Interface())
+}
+
+// halt marks the transport unusable, so that Accept returns instead of
+// waiting for connections that cannot come. cause is nil when its last
+// user shut it down.
+func (st *sharedTransport) halt(cause error) {
+	st.stopOnce.Do(func() {
+		st.stopCause = cause
+		close(st.stopped)
+	})
+}
+
+// stopErr returns the error of an Accept on a halted transport, nil if it
+// still runs.
+func (st *sharedTransport) stopErr() error {
+	select {
+	case <-st.stopped:
+	default:
+		return nil
+	}
+	if st.stopCause != nil {
+		return fmt.Errorf("%w: %w", quic.ErrServerClosed, st.stopCause)
+	}
+	return quic.ErrServerClosed
+}
+
+// ref adds a reference for a new Listener. It fails if the transport is
+// shutting down: a Listen racing the last Close must not revive it.
+func (st *sharedTransport) ref() bool {
+	st.pool.mu.Lock()
+	defer st.pool.mu.Unlock()
+	if st.closing || st.refs <= 0 {
+		return false
+	}
+	st.refs++
+	return true
+}
+
+// release drops a reference and shuts the transport down with the last one.
+func (st *sharedTransport) release() {
+	p := st.pool
+	p.mu.Lock()
+	if st.refs <= 0 {
+		p.mu.Unlock()
+		return // a bug elsewhere; never drive the count negative
+	}
+	st.refs--
+	if st.refs > 0 {
+		p.mu.Unlock()
+		return
+	}
+	st.closing = true
+	p.mu.Unlock()
+
+	st.halt(nil)
+	st.closeReal()
+	st.qt.Close() // stops its reader through st.conn's own deadline
+	st.conn.Close()
+	p.mu.Lock()
+	st.detach()
+	close(st.done)
+	p.mu.Unlock()
+}
+
+// detach frees the socket for a new transport or plain handles. Pool.mu
+// must be held.
+func (st *sharedTransport) detach() {
+	if st.entry.qt == st {
+		st.entry.qt = nil
+		st.entry.quic.Store(false)
+	}
+}
+
+// failed handles quic-go's transport ending on its own (its reader hit an
+// error it does not retry): the socket stays, and the next Transport
+// request builds a new quic.Transport on it, while the holders of this one
+// get the cause from Accept.
+func (st *sharedTransport) failed(cause error) {
+	p := st.pool
+	p.mu.Lock()
+	// Shut down by its last user, halted with its socket (Pool.Close, a
+	// dead descriptor), or noticed already.
+	known := st.closing || st.entry.qt != st || st.stopErr() != nil
+	p.mu.Unlock()
+	if known {
+		return
+	}
+	st.pool.opts.log.Error("udppool: shared QUIC transport failed; the next Transport request builds a new one",
+		keyAttr(st.entry.key), slog.Any("cause", cause))
+	st.halt(fmt.Errorf("shared QUIC transport on %v failed: %w", st.entry.key, cause))
+	p.mu.Lock()
+	st.detach()
+	p.mu.Unlock()
+	// quic-go no longer reads: give its reference back now, so that the
+	// socket is free for a new transport while this one's holders leave.
+	st.conn.Close()
+}
+
+// closeReal closes the quic-go listener once no logical listener is left.
+func (st *sharedTransport) closeReal() {
+	st.realMu.Lock()
+	defer st.realMu.Unlock()
+	st.mu.Lock()
+	real, done := st.real, st.acceptDone
+	if len(st.listeners) > 0 || real == nil {
+		st.mu.Unlock()
+		return
+	}
+	st.real = nil
+	st.mu.Unlock()
+	// Outside st.mu: Close waits for handshakes in flight, whose TLS
+	// callbacks take st.mu.
+	real.Close()
+	<-done
+}
+
+// addListener registers l and makes sure the quic-go listener runs.
+func (st *sharedTransport) addListener(l *Listener) error {
+	st.realMu.Lock()
+	defer st.realMu.Unlock()
+	st.mu.Lock()
+	running := st.real != nil
+	if running && !slices.Equal(versionsOf(l.quic), st.versions) {
+		st.mu.Unlock()
+		return fmt.Errorf("%w: quic.Config.Versions %v differ from %v, offered by the running listeners", ErrTransportConfig, versionsOf(l.quic), st.versions)
+	}
+	st.listeners = append(st.listeners, l)
+	st.all[l] = true
+	st.gens++
+	if l.gen == 0 {
+		l.gen = st.gens
+	}
+	st.mu.Unlock()
+	st.pool.opts.log.Info("udppool: listener generation opened", keyAttr(st.entry.key), genAttr(l.gen),
+		slog.Any("protocols", l.protos))
+	if running {
+		return nil
+	}
+	tlsConf := &tls.Config{GetConfigForClient: st.tlsConfigFor}
+	quicConf := &quic.Config{GetConfigForClient: st.quicConfigFor}
+	if l.quic != nil {
+		quicConf.Versions = l.quic.Versions
+	}
+	real, err := st.qt.ListenEarly(tlsConf, quicConf)
+	if err != nil {
+		st.removeListener(l)
+		st.forget(l)
+		return err
+	}
+	done := make(chan struct{})
+	st.mu.Lock()
+	st.real, st.acceptDone, st.versions = real, done, versionsOf(l.quic)
+	st.mu.Unlock()
+	go st.acceptLoop(real, done)
+	return nil
+}
+
+// forget drops l from the listeners that Stats reports.
+func (st *sharedTransport) forget(l *Listener) {
+	st.mu.Lock()
+	delete(st.all, l)
+	st.mu.Unlock()
+}
+
+func (st *sharedTransport) removeListener(l *Listener) {
+	st.mu.Lock()
+	st.listeners = slices.DeleteFunc(st.listeners, func(o *Listener) bool { return o == l })
+	st.mu.Unlock()
+}
+
+// pick returns the newest open listener that serves one of protos (any
+// listener if protos is empty; a listener without protocols serves any).
+// With fallback, it returns the newest listener when none matches, so that
+// the TLS handshake fails with the proper no_application_protocol alert.
+func (st *sharedTransport) pick(protos []string, fallback bool) *Listener {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.pickLocked(protos, fallback)
+}
+
+// pickLocked is pick with st.mu held.
+func (st *sharedTransport) pickLocked(protos []string, fallback bool) *Listener {
+	for _, l := range slices.Backward(st.listeners) {
+		if l.serves(protos) {
+			return l
+		}
+	}
+	if fallback && len(st.listeners) > 0 {
+		return st.listeners[len(st.listeners)-1]
+	}
+	return nil
+}
+
+// routeKey marks the per-connection record of the listener that its TLS
+// handshake chose.
+type routeKey struct{}
+
+type route struct {
+	l atomic.Pointer[Listener]
+
+	mu      sync.Mutex
+	settled bool // delivered, refused or closed: no longer in l's handshakes
+}
+
+// tlsConfigFor gives a new handshake the TLS configuration of the newest
+// listener serving one of the client's ALPN protocols, and remembers it.
+func (st *sharedTransport) tlsConfigFor(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+	r, _ := hello.Context().Value(routeKey{}).(*route)
+	l := st.choose(hello, r)
+	if l == nil {
+		return nil, errNoListener
+	}
+	if l.tls.GetConfigForClient != nil {
+		conf, err := l.tls.GetConfigForClient(hello)
+		if err != nil {
+			return nil, err
+		}
+		if conf != nil {
+			return boundConfig(conf, l.ticketTag), nil
+		}
+	}
+	return l.tls, nil
+}
+
+var errNoListener = errors.New("udppool: no open listener")
+
+// quicConfigFor gives a new connection the QUIC configuration of the newest
+// open listener.
+func (st *sharedTransport) quicConfigFor(info *quic.ClientInfo) (*quic.Config, error) {
+	l := st.pick(nil, false)
+	if l == nil {
+		return nil, errNoListener // quic-go refuses the connection
+	}
+	conf := l.quic
+	if conf != nil && conf.GetConfigForClient != nil {
+		return conf.GetConfigForClient(info)
+	}
+	if conf == nil {
+		conf = &quic.Config{}
+	}
+	return conf, nil
+}
+
+// versionsOf returns the QUIC versions conf asks for; nil means quic-go's
+// default.
+func versionsOf(conf *quic.Config) []quic.Version {
+	if conf == nil || len(conf.Versions) == 0 {
+		return nil
+	}
+	return conf.Versions
+}
+
+// noticeClosed handles an error of quic-go's transport that says it has
+// closed: if the pool did not close it, it failed on its own (a transport
+// that only dials has no accept loop to notice).
+func (st *sharedTransport) noticeClosed(err error) {
+	if errors.Is(err, quic.ErrTransportClosed) {
+		st.failed(err)
+	}
+}
+
+func (st *sharedTransport) acceptLoop(real *quic.EarlyListener, done chan<- struct{}) {
+	defer close(done)
+	for {
+		conn, err := real.Accept(context.Background())
+		if err != nil {
+			st.mu.Lock()
+			ours := st.real != real // closeReal clears st.real first
+			st.mu.Unlock()
+			if !ours {
+				st.failed(err)
+			}
+			return
+		}
+		var l *Listener
+		if r, ok := conn.Context().Value(routeKey{}).(*route); ok {
+			l = r.l.Load()
+		}
+		st.deliver(conn, l)
+	}
+}
+
+// deliver hands conn to l, or, if l is nil or has closed meanwhile, to the
+// newest open listener serving the negotiated protocol; without one it
+// closes conn. A (non-early) Listener gets conn once its handshake is
+// complete.
+func (st *sharedTransport) deliver(conn *quic.Conn, l *Listener) {
+	for {
+		if l == nil {
+			l = st.pick(negotiated(conn), false)
+		}
+		if l == nil {
+			st.refused.Add(1)
+			conn.CloseWithError(st.refusalCode(conn))
+			settle(conn)
+			return
+		}
+		if !l.early && !handshakeComplete(conn) {
+			go func() {
+				select {
+				case <-conn.HandshakeComplete():
+					st.deliver(conn, l)
+				case <-conn.Context().Done():
+				}
+			}()
+			return
+		}
+		if l.push(conn, st) {
+			settle(conn)
+			return
+		}
+		l = nil
+	}
+}
+
+func handshakeComplete(conn *quic.Conn) bool {
+	select {
+	case <-conn.HandshakeComplete():
+		return true
+	default:
+		return false
+	}
+}
+
+func negotiated(conn *quic.Conn) []string {
+	if p := conn.ConnectionState().TLS.NegotiatedProtocol; p != "" {
+		return []string{p}
+	}
+	return nil
+}
+
+// nonQUIC starts, once, the goroutine that moves quic-go's non-QUIC
+// datagrams into a channel that Transport handles can select on.
+func (st *sharedTransport) nonQUIC() <-chan nonQUICPacket {
+	st.pumpOnce.Do(func() {
+		st.packets = make(chan nonQUICPacket, 64)
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() {
+			<-st.stopped
+			cancel()
+		}()
+		go func() {
+			buf := make([]byte, 1<<16)
+			for {
+				n, addr, err := st.qt.ReadNonQUICPacket(ctx, buf)
+				if err != nil {
+					return
+				}
+				select {
+				case st.packets <- nonQUICPacket{data: slices.Clone(buf[:n]), addr: addr}:
+				case <-st.stopped:
+					return
+				}
+			}
+		}()
+	})
+	return st.packets
 }
