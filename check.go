@@ -89,6 +89,13 @@ func (p *Pool) refuseForeign(k Key, s *socket) error {
 	ours := p.inodes()
 	p.mu.Unlock()
 	ours[s.inode] = true
+	if u := p.opts.upgrader; u != nil {
+		// An upgrading successor binds beside its predecessor's socket,
+		// which it knows: the predecessor handed it over.
+		if ino := u.predecessorInode(k); ino != 0 {
+			ours[ino] = true
+		}
+	}
 	err := foreignError(k, ours)
 	if err != nil {
 		p.opts.log.Warn("udppool: bind refused", keyAttr(k), slog.Any("error", err))

@@ -72,20 +72,23 @@ type Upgrader struct {
 	connsMu sync.Mutex
 	conns   map[string]*forwardConn // QUIC transports of this process, by Key.String()
 
-	mu        sync.Mutex
-	pools     []*Pool
-	socks     map[Key]*socket  // sockets this process bound (not inherited)
-	joined    map[Key]bool     // sockets bound into the predecessor's group
-	shared    map[Key]bool     // sockets inherited from the predecessor
-	predKeys  map[Key]bool     // sockets the predecessor holds
-	predQUIC  map[Key]bool     // ... and serves QUIC on
-	inherited map[Key]*os.File // the predecessor's sockets, not (yet) used
-	upgrading bool
-	handed    bool // a successor took over
-	stopped   bool
-	ready     bool
-	pred      *peer
-	succ      *peer
+	mu       sync.Mutex
+	pools    []*Pool
+	socks    map[Key]*socket // sockets this process bound (not inherited)
+	joined   map[Key]bool    // sockets bound into the predecessor's group
+	shared   map[Key]bool    // sockets inherited from the predecessor
+	predKeys map[Key]bool    // sockets the predecessor holds
+	// predInodes identify the predecessor's sockets, which a successor
+	// expects beside its own in a reuseport group (see WithRefuseForeign).
+	predInodes map[Key]uint64
+	predQUIC   map[Key]bool     // ... and serves QUIC on
+	inherited  map[Key]*os.File // the predecessor's sockets, not (yet) used
+	upgrading  bool
+	handed     bool // a successor took over
+	stopped    bool
+	ready      bool
+	pred       *peer
+	succ       *peer
 
 	hsMu       sync.Mutex
 	handshakes map[*handshake]struct{}
@@ -168,6 +171,7 @@ func NewUpgrader(opts ...UpgradeOption) (*Upgrader, error) {
 		joined:     make(map[Key]bool),
 		shared:     make(map[Key]bool),
 		predKeys:   make(map[Key]bool),
+		predInodes: make(map[Key]uint64),
 		inherited:  make(map[Key]*os.File),
 		predGone:   make(chan struct{}),
 		exit:       make(chan struct{}),
@@ -193,6 +197,18 @@ func NewUpgrader(opts ...UpgradeOption) (*Upgrader, error) {
 		return nil, fmt.Errorf("udppool: upgrade from predecessor: %w", err)
 	}
 	return u, nil
+}
+
+// predecessorInode returns the inode of the predecessor's socket for k,
+// which a successor expects beside its own in the reuseport group while
+// the predecessor drains; 0 if there is none.
+func (u *Upgrader) predecessorInode(k Key) uint64 {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if !u.predKeys[k] || u.pred == nil {
+		return 0
+	}
+	return u.predInodes[k]
 }
 
 // Generation returns this process's generation: 1 for a process not started

@@ -72,7 +72,8 @@ func upgradeChild(port string) error {
 		return err
 	}
 	pid, gen := os.Getpid(), u.Generation()
-	p := New(WithUpgrader(u))
+	// Refusing foreign sockets must not refuse the predecessor's.
+	p := New(WithUpgrader(u), WithRefuseForeign(true))
 	tr, err := p.Transport(context.Background(), "udp", ":"+port)
 	if err != nil {
 		return err

@@ -241,6 +241,9 @@ func (u *Upgrader) connectPredecessor(env string) error {
 		}
 		k := Key{Network: hs.Network, Addr: ap}
 		u.inherited[k] = files[i]
+		if rc, err := files[i].SyscallConn(); err == nil {
+			u.predInodes[k], _ = socketInode(rc)
+		}
 		u.predKeys[k] = true
 		u.predQUIC[k] = hs.QUIC
 	}
