@@ -10,12 +10,17 @@
 //
 // Each response names the serving process and its generation. Every
 // generation prints a line starting with "ready" when it serves, to the
-// same output, and "exit" when it leaves.
+// same output, and one starting with "exit" when it leaves. SIGINT and
+// SIGTERM drain and exit the same way, without a successor.
 package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -27,16 +32,14 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/quic-go/quic-go/http3"
-
 	"github.com/udppool/udppool"
-	"github.com/udppool/udppool/udppooltest"
+	"github.com/udppool/udppool/h3"
 )
 
 func main() {
 	listen := flag.String("listen", ":4433", "UDP address to serve on (network \"udp\")")
-	certFile := flag.String("cert", "", "certificate `file` (PEM); a generated one if empty")
-	keyFile := flag.String("key", "", "private key `file` (PEM)")
+	certFile := flag.String("cert", "", "certificate `file` (PEM); a self-signed one if empty")
+	keyFile := flag.String("key", "", "private key `file` (PEM) of -cert")
 	drain := flag.Duration("drain", 30*time.Second, "grace period of the old process after an upgrade")
 	flag.Parse()
 	if err := run(*listen, *certFile, *keyFile, *drain); err != nil {
@@ -61,16 +64,18 @@ func run(listen, certFile, keyFile string, drain time.Duration) error {
 	if err != nil {
 		return err
 	}
-	tlsConf := http3.ConfigureTLSConfig(&tls.Config{Certificates: []tls.Certificate{cert}})
-	ln, err := tr.ListenEarly(tlsConf, nil)
-	if err != nil {
+	drained := make(chan udppool.DrainStats, 1)
+	srv := &h3.Server{
+		Transport: tr,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "pid %d gen %d\n", pid, gen)
+		}),
+		Grace:   drain,
+		Drained: func(ds udppool.DrainStats) { drained <- ds },
+	}
+	if err := srv.Reload(&tls.Config{Certificates: []tls.Certificate{cert}}, nil); err != nil {
 		return err
 	}
-	srv := &http3.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "pid %d gen %d\n", pid, gen)
-	})}
-	served := make(chan error, 1)
-	go func() { served <- srv.ServeListener(ln) }()
 	if err := upg.Ready(); err != nil {
 		return err
 	}
@@ -78,7 +83,6 @@ func run(listen, certFile, keyFile string, drain time.Duration) error {
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
-	upgraded := make(chan error, 1)
 wait:
 	for {
 		select {
@@ -86,50 +90,57 @@ wait:
 			if sig != syscall.SIGHUP {
 				break wait
 			}
-			go func() { upgraded <- upg.Upgrade(context.Background()) }()
-		case err := <-upgraded:
-			// A failed successor changes nothing here: serve on.
-			if err != nil {
-				fmt.Printf("upgrade failed pid %d gen %d: %v\n", pid, gen, err)
-			}
-		case <-upg.Exit():
+			go func() {
+				// A failed successor changes nothing here: serve on.
+				if err := upg.Upgrade(context.Background()); err != nil {
+					fmt.Printf("upgrade failed pid %d gen %d: %v\n", pid, gen, err)
+				}
+			}()
+		case <-upg.Exit(): // the successor takes every new connection
 			break wait
-		case err := <-served:
-			return err
 		}
 	}
 	signal.Stop(sigs)
-	// GOAWAY to every client, then wait for requests in flight; a client
-	// that keeps a connection open past the grace period is cut off.
+	// A GOAWAY to every connection, requests in flight finish; those
+	// still open when the grace period ends are closed.
 	ctx, cancel := context.WithTimeout(context.Background(), drain)
-	err = srv.Shutdown(ctx)
+	srv.Shutdown(ctx)
 	cancel()
-	if errors.Is(err, context.DeadlineExceeded) {
-		srv.Close()
-	}
-	lerr := ln.Close()
-	<-served
+	ds := <-drained
 	tr.Close()
-	if serr := upg.Stop(); serr != nil && !errors.Is(serr, udppool.ErrUpgraderStopped) {
-		return serr
+	if err := upg.Stop(); err != nil && !errors.Is(err, udppool.ErrUpgraderStopped) {
+		return err
 	}
-	if lerr != nil && !errors.Is(lerr, net.ErrClosed) {
-		return lerr
-	}
-	fmt.Printf("exit pid %d gen %d (drained: %t)\n", pid, gen, err == nil)
+	fmt.Printf("exit pid %d gen %d: %d of %d connections closed at the deadline\n",
+		pid, gen, ds.EndedByDeadline, ds.Conns)
 	return nil
 }
 
-// certificate loads the PEM pair, or makes one for localhost from a new
-// test CA (each generation its own: clients of the demonstration skip
-// verification).
+// certificate loads the PEM pair, or makes a self-signed certificate for
+// localhost, 127.0.0.1 and ::1 (a new key in each generation: clients of
+// the demonstration skip verification).
 func certificate(certFile, keyFile string) (tls.Certificate, error) {
 	if certFile != "" || keyFile != "" {
+		if certFile == "" || keyFile == "" {
+			return tls.Certificate{}, errors.New("-cert and -key go together")
+		}
 		return tls.LoadX509KeyPair(certFile, keyFile)
 	}
-	ca, err := udppooltest.NewCA()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	return ca.Issue(udppooltest.Leaf{Names: []string{"localhost", "127.0.0.1", "::1"}})
+	tmpl := &x509.Certificate{ // no SerialNumber: crypto/x509 makes a random one
+		NotBefore:   time.Now().Add(-time.Minute),
+		NotAfter:    time.Now().Add(24 * time.Hour),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames:    []string{"localhost"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }
