@@ -38,6 +38,7 @@ func (e *ForeignError) Unwrap() error { return ErrForeignSocket }
 // wrapping ErrForeignSocket. Detection needs Linux; elsewhere such calls
 // fail with an error wrapping errors.ErrUnsupported, since the guarantee
 // cannot be given.
+//
 // During a process upgrade (see Upgrader), the predecessor's socket that a
 // successor binds beside is not foreign to it.
 func WithRefuseForeign(on bool) Option {
