@@ -255,11 +255,7 @@ func TestTransportFailureNoticed(t *testing.T) {
 		return errors.Join(err, serr)
 	}
 	p := pool(t, udppool.WithControl(recvErr))
-	tr, err := p.Transport(context.Background(), "udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
+	tr := transport(t, p, "udp4", "127.0.0.1:0")
 	ln, err := tr.Listen(certs().ServerConfig("echo"), nil)
 	if err != nil {
 		t.Fatal(err)

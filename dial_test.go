@@ -169,9 +169,7 @@ func TestDialTemporaryTransport(t *testing.T) {
 // keeps the socket open after the user closes the transport, and lets it
 // go when the connection closes.
 func TestDialKeepsTransport(t *testing.T) {
-	if !nettest.SupportsIPv4() {
-		t.Skip("no IPv4 loopback")
-	}
+	needFamilies(t, v4)
 	srv, _ := serve(t, pool(t), "udp4", "127.0.0.1:0")
 	p := pool(t)
 	tr, err := p.Transport(context.Background(), "udp4", "127.0.0.1:0") // no listener
@@ -204,15 +202,9 @@ func TestDialKeepsTransport(t *testing.T) {
 // WriteTo at once, with a typed error, and so does an incomplete one where
 // quic-go would get it; however often it is tried, the socket lives.
 func TestBadDestination(t *testing.T) {
-	if !nettest.SupportsIPv4() {
-		t.Skip("no IPv4 loopback")
-	}
+	needFamilies(t, v4)
 	p := pool(t)
-	tr, err := p.Transport(context.Background(), "udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
+	tr := transport(t, p, "udp4", "127.0.0.1:0")
 	conn, err := p.ListenPacket(context.Background(), "udp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -80,7 +80,7 @@ func stats(t *testing.T, p *udppool.Pool, gen uint64) udppool.ListenerStats {
 // those it closed at its deadline, with the close code of the listener's
 // protocol or the one it was given.
 func TestDrainEndings(t *testing.T) {
-	needV4(t)
+	needFamilies(t, v4)
 	for _, tc := range []struct {
 		proto string
 		opts  []udppool.ListenOption
@@ -164,7 +164,7 @@ func TestDrainEndings(t *testing.T) {
 
 // TestDrainWithoutConnections returns at once, and again after Close.
 func TestDrainWithoutConnections(t *testing.T) {
-	needV4(t)
+	needFamilies(t, v4)
 	p := pool(t)
 	_, ln := serve(t, p, "udp4", "127.0.0.1:0")
 	for range 2 {

@@ -12,21 +12,13 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/udppool/udppool"
-	"golang.org/x/net/nettest"
 )
-
-func needV4(t *testing.T) {
-	t.Helper()
-	if !nettest.SupportsIPv4() {
-		t.Skip("no IPv4 loopback")
-	}
-}
 
 // TestFaultForeignPortTransport: a Transport on a port held by a foreign
 // socket without reuse fails with EADDRINUSE, naming the address, and
 // leaves nothing behind.
 func TestFaultForeignPortTransport(t *testing.T) {
-	needV4(t)
+	needFamilies(t, v4)
 	p := pool(t)
 	foreign, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	if err != nil {
@@ -46,7 +38,7 @@ func TestFaultForeignPortTransport(t *testing.T) {
 // TestFaultContextCancelledDuringAcquire cancels a request that waits for
 // another caller's slow bind of the same key.
 func TestFaultContextCancelledDuringAcquire(t *testing.T) {
-	needV4(t)
+	needFamilies(t, v4)
 	binding, release := make(chan struct{}), make(chan struct{})
 	slow := false
 	p := pool(t, udppool.WithControl(func(string, string, syscall.RawConn) error {
@@ -96,7 +88,7 @@ func TestFaultContextCancelledDuringAcquire(t *testing.T) {
 // listener accepts and a transport is held: each fails cleanly, every Close
 // afterwards works, and the sockets are gone.
 func TestFaultPoolClosedUnderLiveUsers(t *testing.T) {
-	needV4(t)
+	needFamilies(t, v4)
 	fds := openFDs()
 	p := udppool.New()
 	c, err := p.ListenPacket(context.Background(), "udp4", "127.0.0.1:0")
@@ -155,7 +147,7 @@ func TestFaultPoolClosedUnderLiveUsers(t *testing.T) {
 // TestFaultTransportClosedUnderListener: closing the Transport handle leaves
 // its listener serving; the listener's Close then frees the socket.
 func TestFaultTransportClosedUnderListener(t *testing.T) {
-	needV4(t)
+	needFamilies(t, v4)
 	p := pool(t)
 	tr, err := p.Transport(context.Background(), "udp4", "127.0.0.1:0")
 	if err != nil {
@@ -191,7 +183,7 @@ func TestFaultTransportClosedUnderListener(t *testing.T) {
 // handed the dead socket but binds a fresh one that serves handshakes, and
 // the old listener's Accept returns instead of waiting forever.
 func TestFaultTransportSocketDies(t *testing.T) {
-	needV4(t)
+	needFamilies(t, v4)
 	if _, err := os.Stat("/proc/self/fd"); err != nil {
 		t.Skip("needs Linux to break a descriptor")
 	}

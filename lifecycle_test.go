@@ -41,7 +41,7 @@ func generations(ls []udppool.ListenerStats) string {
 // while the new generation accepts, keeps the port open for it even after
 // every other user left, and then lets the socket go.
 func TestShutdownDrains(t *testing.T) {
-	needV4(t)
+	needFamilies(t, v4)
 	p := pool(t)
 	tr, err := p.Transport(context.Background(), "udp4", "127.0.0.1:0")
 	if err != nil {
@@ -103,7 +103,7 @@ func TestShutdownDrains(t *testing.T) {
 // TestShutdownDeadline: connections still open when the context ends are
 // closed with application error 0.
 func TestShutdownDeadline(t *testing.T) {
-	needV4(t)
+	needFamilies(t, v4)
 	p := pool(t)
 	tr, ln := serve(t, p, "udp4", "127.0.0.1:0")
 	ctx, cancel := context.WithTimeout(context.Background(), quicTimeout)
@@ -133,13 +133,9 @@ func TestShutdownDeadline(t *testing.T) {
 // generation completes while the new generation serves, and Stats shows the
 // old one draining to zero.
 func TestHTTP3SlowRequestAcrossReload(t *testing.T) {
-	needV4(t)
+	needFamilies(t, v4)
 	p := pool(t)
-	tr, err := p.Transport(context.Background(), "udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
+	tr := transport(t, p, "udp4", "127.0.0.1:0")
 	release := make(chan struct{})
 	started := make(chan struct{})
 	generation := func(name string) (*udppool.Listener, *http3.Server) {

@@ -51,11 +51,7 @@ func dialN(t *testing.T, tr *udppool.Transport, n int) ([]*quic.Conn, func()) {
 func TestCloseRacesAccept(t *testing.T) {
 	needFamilies(t, v4)
 	p := pool(t)
-	tr, err := p.Transport(context.Background(), "udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
+	tr := transport(t, p, "udp4", "127.0.0.1:0")
 	for round := range 30 {
 		ln, err := tr.Listen(certs().ServerConfig("echo"), nil)
 		if err != nil {
@@ -263,11 +259,7 @@ func TestPoolCloseRacesTransport(t *testing.T) {
 func TestListenerQUICVersions(t *testing.T) {
 	needFamilies(t, v4)
 	p := pool(t)
-	tr, err := p.Transport(context.Background(), "udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
+	tr := transport(t, p, "udp4", "127.0.0.1:0")
 	if _, err := tr.Listen(certs().ServerConfig("echo"), &quic.Config{Versions: []quic.Version{0x1234}}); err == nil {
 		t.Fatal("listener with an invalid QUIC version opened")
 	}

@@ -182,9 +182,7 @@ func TestQUICKeepsOptimizations(t *testing.T) {
 		handshake(t, v4, netip.AddrPortFrom(v4, portOf(tr)), "echo")
 		return
 	}
-	if !nettest.SupportsIPv4() {
-		t.Skip("no IPv4 loopback")
-	}
+	needFamilies(t, v4)
 	cmd := exec.Command(os.Args[0], "-test.run=^TestQUICKeepsOptimizations$", "-test.count=1")
 	cmd.Env = append(os.Environ(), "UDPPOOL_TEST_CHILD=quic-log", "QUIC_GO_LOG_LEVEL=debug")
 	out, err := cmd.CombinedOutput()

@@ -186,6 +186,17 @@ func portOf(tr *udppool.Transport) uint16 {
 	return uint16(tr.LocalAddr().(*net.UDPAddr).Port)
 }
 
+// transport opens a pooled transport that the test closes at its end.
+func transport(t testing.TB, p *udppool.Pool, network, address string) *udppool.Transport {
+	t.Helper()
+	tr, err := p.Transport(context.Background(), network, address)
+	if err != nil {
+		t.Fatalf("Transport(%q, %q): %v", network, address, err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	return tr
+}
+
 // serve opens a pooled transport and an echo listener on it.
 func serve(t testing.TB, p *udppool.Pool, network, address string) (*udppool.Transport, *udppool.Listener) {
 	t.Helper()
@@ -252,9 +263,7 @@ func TestHandshakePaths(t *testing.T) {
 // TestReloadHandOff: a new listener takes new handshakes, the old one's
 // connections keep working after it closed, and the socket stays the same.
 func TestReloadHandOff(t *testing.T) {
-	if !nettest.SupportsIPv4() {
-		t.Skip("no IPv4 loopback")
-	}
+	needFamilies(t, v4)
 	p := pool(t)
 	tr, err := p.Transport(context.Background(), "udp", "127.0.0.1:0")
 	if err != nil {
@@ -311,15 +320,9 @@ func TestReloadHandOff(t *testing.T) {
 // new handshake goes to the newest; closing it hands new handshakes to the
 // newest that is left, never to an older one.
 func TestNewestListenerTakesHandshakes(t *testing.T) {
-	if !nettest.SupportsIPv4() {
-		t.Skip("no IPv4 loopback")
-	}
+	needFamilies(t, v4)
 	p := pool(t)
-	tr, err := p.Transport(context.Background(), "udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
+	tr := transport(t, p, "udp4", "127.0.0.1:0")
 	dst := netip.AddrPortFrom(v4, portOf(tr))
 	var lns []*udppool.Listener
 	var waits []func()
@@ -356,15 +359,9 @@ func TestNewestListenerTakesHandshakes(t *testing.T) {
 // TestALPNRouting: listeners for different protocols share one port; a
 // handshake for a protocol nobody serves fails without disturbing the rest.
 func TestALPNRouting(t *testing.T) {
-	if !nettest.SupportsIPv4() {
-		t.Skip("no IPv4 loopback")
-	}
+	needFamilies(t, v4)
 	p := pool(t)
-	tr, err := p.Transport(context.Background(), "udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
+	tr := transport(t, p, "udp4", "127.0.0.1:0")
 	lnA, err := tr.Listen(certs().ServerConfig("proto-a"), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -440,9 +437,7 @@ func TestTransportSettingsConflict(t *testing.T) {
 // TestDialFromPool dials from a pooled transport (a client reusing a
 // server's port) and refuses a family its socket cannot reach.
 func TestDialFromPool(t *testing.T) {
-	if !nettest.SupportsIPv4() {
-		t.Skip("no IPv4 loopback")
-	}
+	needFamilies(t, v4)
 	p := pool(t)
 	srv, _ := serve(t, p, "udp4", "127.0.0.1:0")
 	cli, err := p.Transport(context.Background(), "udp4", "127.0.0.1:0")
@@ -472,9 +467,7 @@ func TestDialFromPool(t *testing.T) {
 // TestNonQUICBesideQUIC runs a plain UDP echo on the QUIC port while QUIC
 // handshakes go on.
 func TestNonQUICBesideQUIC(t *testing.T) {
-	if !nettest.SupportsIPv4() {
-		t.Skip("no IPv4 loopback")
-	}
+	needFamilies(t, v4)
 	p := pool(t)
 	tr, _ := serve(t, p, "udp4", "127.0.0.1:0")
 	ctx, cancel := context.WithTimeout(context.Background(), quicTimeout)

@@ -17,7 +17,7 @@ import (
 // session keeps the certificates of the handshake that made it, so a
 // session must never outlive a certificate or client CA change.
 func TestTicketsPerListener(t *testing.T) {
-	needV4(t)
+	needFamilies(t, v4)
 	// A certificate from the same CA, for the same names, but another.
 	otherCert, err := certs().CA.Issue(udppooltest.Leaf{Names: []string{"localhost", "127.0.0.1"}})
 	if err != nil {
