@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"net"
-	"os"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -24,20 +22,6 @@ func listenUDP(t testing.TB, network, address string) *net.UDPConn {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c.(*net.UDPConn)
-}
-
-// fdCount counts the process's open descriptors, or returns -1 where the
-// platform does not tell.
-func fdCount(t testing.TB) int {
-	t.Helper()
-	if runtime.GOOS != "linux" {
-		return -1
-	}
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatalf("counting descriptors: %v", err)
-	}
-	return len(ents)
 }
 
 // waitEmpty waits until p holds no socket, or fails the test after
@@ -75,7 +59,7 @@ func TestDialTemporaryTransport(t *testing.T) {
 	}
 
 	p := pool(t) // checked at cleanup: no socket, goroutine or descriptor left
-	before := fdCount(t)
+	before := openFDs()
 	ctx, cancel := context.WithTimeout(context.Background(), quicTimeout)
 	defer cancel()
 
@@ -160,7 +144,7 @@ func TestDialTemporaryTransport(t *testing.T) {
 	}
 	last.CloseWithError(0, "")
 	waitEmpty(t, p)
-	if after := fdCount(t); after != before {
+	if after := openFDs(); after != before {
 		t.Errorf("open descriptors: %d before the dials, %d after the last connection closed", before, after)
 	}
 }
