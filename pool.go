@@ -311,9 +311,12 @@ func (p *Pool) acquire(ctx context.Context, k Key, o acquireOpts) (*Conn, error)
 			p.mu.Unlock()
 			return nil, errPortTaken
 		}
-		if qt := e.qt; qt != nil && !o.quic {
+		if e.quic.Load() && !o.quic {
+			// Served by a transport, or claimed by one that its creator
+			// is still setting up (quic is set with qt, or just before).
+			qt := e.qt
 			p.mu.Unlock()
-			if !qt.closing {
+			if qt == nil || !qt.closing {
 				return nil, ErrOwnedByTransport
 			}
 			// Wait until the transport has stopped reading.
@@ -332,11 +335,6 @@ func (p *Pool) acquire(ctx context.Context, k Key, o acquireOpts) (*Conn, error)
 				p.markDead(e, err)
 				continue
 			}
-		}
-		if e.quic.Load() && !o.quic {
-			// Claimed by a transport that its creator is still setting up.
-			p.mu.Unlock()
-			return nil, ErrOwnedByTransport
 		}
 		e.refs.Add(1)
 		e.lingerGen++ // a pending linger timer must not close it now
