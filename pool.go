@@ -410,6 +410,10 @@ func (p *Pool) acquireNew(ctx context.Context, k Key, o acquireOpts) (*Conn, err
 }
 
 func (p *Pool) logBound(e *entry) {
+	if name := e.sock.activated; name != "" {
+		p.opts.log.Info("udppool: socket taken from socket activation", keyAttr(e.key), slog.String("name", name))
+		return
+	}
 	p.opts.log.Debug("udppool: socket bound", keyAttr(e.key), slog.String("local", e.sock.laddr.String()))
 }
 
@@ -604,6 +608,10 @@ type SocketStats struct {
 	Refs      int           // open handles; zero while lingering
 	Opened    time.Time     // when the socket was bound
 	Age       time.Duration // time since Opened
+	// Activated is the name (LISTEN_FDNAMES) of a socket that the service
+	// manager bound and passed by socket activation; empty for a socket
+	// the pool bound itself.
+	Activated string
 	// Dead is the error that killed the socket (see ErrSocketDead). A dead
 	// socket is already closed; it is listed until its holders release it.
 	Dead error
@@ -634,6 +642,7 @@ func (p *Pool) Stats() []SocketStats {
 			Refs:      int(e.refs.Load()),
 			Opened:    e.sock.opened,
 			Age:       time.Since(e.sock.opened),
+			Activated: e.sock.activated,
 
 			SendErrors: e.sock.sendErrors.snapshot(),
 		}

@@ -26,7 +26,8 @@ type socket struct {
 
 	fd         uintptr // the descriptor, for check
 	inode      uint64
-	reuse      bool // bound with SO_REUSEPORT: other sockets may join its group
+	reuse      bool   // bound with SO_REUSEPORT: other sockets may join its group
+	activated  string // passed by socket activation, with this name
 	sendErrors errorCounts
 	dead       atomic.Pointer[error] // set once the socket is found dead
 }
@@ -46,6 +47,14 @@ type bindOpts struct {
 // clears IPV6_V6ONLY itself rather than relying on the net package's probe,
 // which gives up on dual-stack when loopback lacks 127.0.0.1.
 func bind(ctx context.Context, k Key, o bindOpts) (*socket, error) {
+	if k.Addr.Port() != 0 {
+		// A socket the service manager bound for this process is the
+		// socket of its key: binding beside it would split its traffic
+		// or fail on a privileged port.
+		if s, err := takeActivated(k); s != nil || err != nil {
+			return s, err
+		}
+	}
 	network := k.Network
 	if k.dualStack() {
 		network = "udp6"

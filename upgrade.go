@@ -278,7 +278,7 @@ func (u *Upgrader) bind(ctx context.Context, k Key, o bindOpts) (*socket, error)
 		}
 		return nil, err
 	}
-	if !steer {
+	if !steer || !s.reuse { // an activated socket may lack SO_REUSEPORT
 		return s, nil
 	}
 	u.mu.Lock()

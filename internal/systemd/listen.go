@@ -27,19 +27,16 @@ const maxListenFDs = 1024
 
 // ListenFiles returns the descriptors passed to this process by socket
 // activation, each named (os.File.Name) by LISTEN_FDNAMES where it names
-// them, else "unknown", as sd_listen_fds_with_names does. It returns nothing when
-// LISTEN_PID names another process: the variables were inherited, not
-// meant for it. It then removes the variables from the environment and
-// marks each descriptor close-on-exec, so that no child inherits either.
-// Call it once: a second call finds nothing.
+// them, else "unknown", as sd_listen_fds_with_names does. It returns
+// nothing when LISTEN_PID names another process: the variables were
+// inherited, not meant for it. Each descriptor is marked close-on-exec,
+// so that no child inherits it; UnsetListenEnv removes the variables once
+// the caller owns every descriptor.
 func ListenFiles() ([]*os.File, error) {
 	pid, fds, names := os.Getenv(ListenPIDEnv), os.Getenv(ListenFDsEnv), os.Getenv(ListenFDNamesEnv)
 	if pid == "" && fds == "" {
 		return nil, nil
 	}
-	os.Unsetenv(ListenPIDEnv)
-	os.Unsetenv(ListenFDsEnv)
-	os.Unsetenv(ListenFDNamesEnv)
 	if p, err := strconv.Atoi(pid); err != nil || p != os.Getpid() {
 		return nil, nil
 	}
@@ -62,4 +59,12 @@ func ListenFiles() ([]*os.File, error) {
 		files = append(files, os.NewFile(uintptr(fd), name))
 	}
 	return files, nil
+}
+
+// UnsetListenEnv removes the variables of socket activation, so that
+// nobody else in the process claims the descriptors again.
+func UnsetListenEnv() {
+	os.Unsetenv(ListenPIDEnv)
+	os.Unsetenv(ListenFDsEnv)
+	os.Unsetenv(ListenFDNamesEnv)
 }

@@ -26,3 +26,6 @@ func Barrier(string, time.Duration) error { return ErrNoSocket }
 
 // ListenFiles finds no activated sockets on this platform.
 func ListenFiles() ([]*os.File, error) { return nil, nil }
+
+// UnsetListenEnv does nothing on this platform.
+func UnsetListenEnv() {}

@@ -205,6 +205,7 @@ func TestListenFiles(t *testing.T) {
 
 func listenFilesChild() {
 	files, err := ListenFiles()
+	UnsetListenEnv()
 	if err != nil {
 		fmt.Println("error:", err)
 		os.Exit(1)
@@ -226,9 +227,5 @@ func listenFilesChild() {
 	}
 	fmt.Printf("env LISTEN_PID=%s LISTEN_FDS=%s LISTEN_FDNAMES=%s\n",
 		os.Getenv(ListenPIDEnv), os.Getenv(ListenFDsEnv), os.Getenv(ListenFDNamesEnv))
-	if files, _ := ListenFiles(); len(files) != 0 {
-		fmt.Println("error: a second call found files")
-		os.Exit(1)
-	}
 	os.Exit(0)
 }
