@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -64,6 +65,7 @@ type Upgrader struct {
 	key   cidKey
 	codec *cidCodec
 	gen   uint16
+	first bool // not started by Upgrade
 
 	state atomic.Pointer[routeState]
 
@@ -84,6 +86,7 @@ type Upgrader struct {
 	predQUIC   map[Key]bool     // ... and serves QUIC on
 	inherited  map[Key]*os.File // the predecessor's sockets, not (yet) used
 	upgrading  bool
+	announced  bool // Ready has told the service manager and the PID file
 	handed     bool // a successor took over
 	stopped    bool
 	ready      bool
@@ -123,6 +126,9 @@ type upgradeOptions struct {
 	command      func(ctx context.Context) (*exec.Cmd, error)
 	readyTimeout time.Duration
 	inherit      bool
+	pidFile      string
+	log          *slog.Logger
+	noSupervisor bool
 }
 
 // WithUpgradeCommand sets the function that returns the successor's command,
@@ -164,7 +170,7 @@ func WithUpgrader(u *Upgrader) Option {
 // once, before the pools it serves bind anything.
 func NewUpgrader(opts ...UpgradeOption) (*Upgrader, error) {
 	u := &Upgrader{
-		opts:       upgradeOptions{readyTimeout: time.Minute},
+		opts:       upgradeOptions{readyTimeout: time.Minute, log: discardLogger},
 		conns:      make(map[string]*forwardConn),
 		socks:      make(map[Key]*socket),
 		predQUIC:   make(map[Key]bool),
@@ -182,6 +188,10 @@ func NewUpgrader(opts ...UpgradeOption) (*Upgrader, error) {
 	}
 	env, ok := os.LookupEnv(upgradeEnv)
 	if !ok {
+		if !u.opts.noSupervisor {
+			u.superviseIfPID1() // in PID 1, never returns
+		}
+		u.first = true
 		if _, err := rand.Read(u.key[:]); err != nil {
 			return nil, err
 		}
@@ -366,6 +376,13 @@ func (u *Upgrader) Ready() error {
 	if u.stopped {
 		return ErrUpgraderStopped
 	}
+	if !u.announced {
+		// Before a predecessor hears of it: it exits once it has.
+		if err := u.announceReady(); err != nil {
+			return err
+		}
+		u.announced = true
+	}
 	if u.ready {
 		return nil
 	}
@@ -431,12 +448,15 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 	if err := u.Ready(); err != nil {
 		return err
 	}
+	u.notifyReloading()
 	s, err := u.start(ctx)
 	if err != nil {
+		u.notifyUpgradeFailed(err)
 		return fmt.Errorf("udppool: upgrade: %w", err)
 	}
 	if err := u.awaitReady(ctx, s); err != nil {
 		s.kill()
+		u.notifyUpgradeFailed(err)
 		u.mu.Lock()
 		// The successor may have attached its program before it died:
 		// put this process's back.
@@ -444,6 +464,9 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 		u.mu.Unlock()
 		return errors.Join(fmt.Errorf("udppool: upgrade: %w: %w", ErrUpgradeFailed, err), rerr)
 	}
+	// The service manager must know the successor before this process
+	// can exit.
+	u.notifyHandOver(s.cmd.Process.Pid)
 	u.mu.Lock()
 	s.release()
 	u.succ = s
@@ -555,7 +578,11 @@ func (u *Upgrader) Stop() error {
 	}
 	u.stopped = true
 	pools := slices.Clone(u.pools)
+	last := !u.handed
 	u.mu.Unlock()
+	if last {
+		u.notifyStopping()
+	}
 	var errs []error
 	for _, p := range pools {
 		if err := p.Close(); err != nil && !errors.Is(err, ErrPoolClosed) {

@@ -25,6 +25,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -41,20 +42,28 @@ func main() {
 	certFile := flag.String("cert", "", "certificate `file` (PEM); a self-signed one if empty")
 	keyFile := flag.String("key", "", "private key `file` (PEM) of -cert")
 	drain := flag.Duration("drain", 30*time.Second, "grace period of the old process after an upgrade")
+	pidFile := flag.String("pidfile", "", "keep a PID `file` naming the serving process (for systemd's PIDFile=)")
 	flag.Parse()
-	if err := run(*listen, *certFile, *keyFile, *drain); err != nil {
+	if err := run(*listen, *certFile, *keyFile, *pidFile, *drain); err != nil {
 		log.Fatalf("pid %d: %v", os.Getpid(), err)
 	}
 }
 
-func run(listen, certFile, keyFile string, drain time.Duration) error {
+func run(listen, certFile, keyFile, pidFile string, drain time.Duration) error {
 	cert, err := certificate(certFile, keyFile)
 	if err != nil {
 		return err
 	}
 	// The Upgrader comes first: in a successor it receives the
 	// predecessor's sockets, which the pool then binds into or takes over.
-	upg, err := udppool.NewUpgrader()
+	// As PID 1 of a container, NewUpgrader stays as the parent of the
+	// generations and never returns; under systemd it tells the notify
+	// socket which process serves.
+	opts := []udppool.UpgradeOption{udppool.WithUpgradeLogger(slog.New(slog.NewTextHandler(os.Stderr, nil)))}
+	if pidFile != "" {
+		opts = append(opts, udppool.WithPIDFile(pidFile))
+	}
+	upg, err := udppool.NewUpgrader(opts...)
 	if err != nil {
 		return err
 	}

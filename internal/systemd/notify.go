@@ -82,3 +82,13 @@ func Barrier(addr string, timeout time.Duration) error {
 	}
 	return nil
 }
+
+// MonotonicUsec returns CLOCK_MONOTONIC in microseconds, for the
+// MONOTONIC_USEC= that accompanies RELOADING=1.
+func MonotonicUsec() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0
+	}
+	return ts.Nano() / 1e3
+}

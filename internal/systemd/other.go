@@ -29,3 +29,6 @@ func ListenFiles() ([]*os.File, error) { return nil, nil }
 
 // UnsetListenEnv does nothing on this platform.
 func UnsetListenEnv() {}
+
+// MonotonicUsec returns 0: there is no manager to compare it with.
+func MonotonicUsec() int64 { return 0 }
