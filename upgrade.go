@@ -167,7 +167,25 @@ func WithUpgrader(u *Upgrader) Option {
 
 // NewUpgrader returns the Upgrader of this process. In a process started by
 // Upgrade it connects to the predecessor and receives its sockets; call it
-// once, before the pools it serves bind anything.
+// once, early in main, before the pools it serves bind anything.
+//
+// In the first process of a PID namespace (PID 1 of a container), whose
+// exit would kill every other process of the namespace and with them the
+// successor, NewUpgrader does not return: the process becomes a small
+// supervisor that starts the program again as its first serving
+// generation (with the command of WithUpgradeCommand), forwards SIGHUP,
+// SIGINT, SIGTERM, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH to the serving
+// generation, follows the hand-overs, reaps every process that ends, and
+// exits with the status of the last generation once no process is left.
+// WithSupervisor(false) turns this off.
+//
+// Under systemd (NOTIFY_SOCKET set) the Upgrader speaks the notify
+// protocol: READY=1 when the first generation is ready, RELOADING=1 when an
+// upgrade starts, MAINPID= of the successor with READY=1 at the hand-over
+// (sent by the old main process, which waits until systemd has read it),
+// READY=1 again after a failed upgrade, and STOPPING=1 when the last
+// generation stops; a unit with Type=notify follows its upgrades. See
+// WithPIDFile for units with PIDFile=.
 func NewUpgrader(opts ...UpgradeOption) (*Upgrader, error) {
 	u := &Upgrader{
 		opts:       upgradeOptions{readyTimeout: time.Minute, log: discardLogger},

@@ -34,6 +34,7 @@ const (
 	upgradeFailEnv  = "UDPPOOL_TEST_UPGRADE_FAIL"  // a file whose presence makes the next successor fail
 	upgradeModeEnv  = "UDPPOOL_TEST_UPGRADE_MODE"  // "inherit" forces inherited sockets
 	upgradeDrainEnv = "UDPPOOL_TEST_UPGRADE_DRAIN" // the drain grace period
+	upgradePIDEnv   = "UDPPOOL_TEST_UPGRADE_PIDFILE"
 	testALPN        = "udppool-upgrade-test"
 )
 
@@ -67,6 +68,9 @@ func upgradeChild(port string) error {
 		readyTimeout = 2 * time.Second // the test waits for a hung successor's end
 	}
 	opts = append(opts, WithReadyTimeout(readyTimeout))
+	if f := os.Getenv(upgradePIDEnv); f != "" {
+		opts = append(opts, WithPIDFile(f))
+	}
 	u, err := NewUpgrader(opts...)
 	if err != nil {
 		return err
@@ -115,14 +119,15 @@ func upgradeChild(port string) error {
 			go serveConn(conn, answer)
 		}
 	}()
+	// Signals are caught before the ready line tells the test it may
+	// send them.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM)
+	defer signal.Stop(sigs)
 	if err := u.Ready(); err != nil {
 		return err
 	}
 	fmt.Printf("ready pid %d gen %d\n", pid, gen)
-
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM)
-	defer signal.Stop(sigs)
 	upgraded := make(chan error, 1)
 wait:
 	for {

@@ -45,6 +45,7 @@ type upgradeSetup struct {
 	mode    string // "inherit" forces inherited sockets
 	drain   time.Duration
 	failDir string
+	env     []string // more variables for the servers
 }
 
 // startServers starts the first server generation and waits until it is
@@ -91,6 +92,7 @@ func startServers(t *testing.T, setup upgradeSetup) *upgradeServers {
 	if setup.failDir != "" {
 		cmd.Env = append(cmd.Env, upgradeFailEnv+"="+filepath.Join(setup.failDir, "fail"))
 	}
+	cmd.Env = append(cmd.Env, setup.env...)
 	if setup.uid != 0 {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(setup.uid), Gid: uint32(setup.uid)}}
 	}
