@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"slices"
@@ -74,6 +75,9 @@ const acceptQueueLen = 256
 // Listen opens a logical listener that delivers connections once their
 // handshake has completed. tlsConf must list the listener's ALPN protocols in
 // NextProtos; they route connections among the listeners of the Transport.
+// Without any (and without a GetConfigForClient that may supply them) no
+// QUIC handshake could complete, so Listen fails with a *net.OpError
+// wrapping ErrNoNextProtos.
 func (t *Transport) Listen(tlsConf *tls.Config, conf *quic.Config, opts ...ListenOption) (*Listener, error) {
 	return t.listen(tlsConf, conf, false, opts)
 }
@@ -91,6 +95,9 @@ func (t *Transport) listen(tlsConf *tls.Config, conf *quic.Config, early bool, o
 	}
 	if tlsConf == nil {
 		return nil, &net.OpError{Op: "listen", Net: "udp", Source: t.LocalAddr(), Err: errors.New("tls.Config not set")}
+	}
+	if len(tlsConf.NextProtos) == 0 && tlsConf.GetConfigForClient == nil {
+		return nil, &net.OpError{Op: "listen", Net: "udp", Source: t.LocalAddr(), Err: fmt.Errorf("%w (socket %v)", ErrNoNextProtos, t.key)}
 	}
 	// A copy of its own, whose sessions resume only with its TLS identity
 	// (see bindSessions).
