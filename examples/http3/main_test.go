@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"math/big"
@@ -26,6 +25,7 @@ import (
 	"golang.org/x/net/nettest"
 
 	"github.com/udppool/udppool/udppooltest"
+	"github.com/udppool/udppool/udppooltest/testca"
 )
 
 func TestMain(m *testing.M) {
@@ -408,24 +408,12 @@ func TestInFlight(t *testing.T) {
 	}
 }
 
-// writePEM writes cert's chain and key as PEM files in dir.
+// writePEM writes cert's chain and key as PEM files in dir, replacing
+// those there.
 func writePEM(t *testing.T, dir string, cert tls.Certificate) (certFile, keyFile string) {
 	t.Helper()
-	var chain []byte
-	for _, der := range cert.Certificate {
-		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	certFile, keyFile, err := testca.WritePEM(dir, cert)
 	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	// Key first: between the two writes a reload may read a mismatched
-	// pair, which fails that reload only.
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(certFile, chain, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return certFile, keyFile
