@@ -60,6 +60,8 @@ type entry struct {
 	// quic is set while a shared transport serves the socket (with qt, or
 	// just before it is made): plain handles are refused then.
 	quic atomic.Bool
+
+	spellings []spelling // guarded by Pool.mu; its spellings in Pool.index
 }
 
 type options struct {
@@ -178,9 +180,20 @@ func (p *Pool) ListenPacket(ctx context.Context, network, address string) (*Conn
 	}
 	if literal && k.Addr.Port() != 0 {
 		// Names are resolved anew every time; literals never change.
-		p.index.put(sp, c.entry)
+		p.remember(sp, c.entry)
 	}
 	return c, nil
+}
+
+// remember indexes e under sp for the fast path, if e is still in the
+// pool: an entry that has left it must not be indexed again, since
+// nothing would drop it.
+func (p *Pool) remember(sp spelling, e *entry) {
+	p.mu.Lock()
+	if p.entries[e.key] == e && !e.closing.Load() {
+		p.index.put(sp, e)
+	}
+	p.mu.Unlock()
 }
 
 func (p *Pool) parse(ctx context.Context, network, address string) (Key, bool, error) {
@@ -451,6 +464,7 @@ func (p *Pool) remove(e *entry) {
 		return
 	}
 	delete(p.entries, e.key)
+	p.index.forget(e)
 	port := e.key.Addr.Port()
 	if l := slices.DeleteFunc(p.byPort[port], func(o *entry) bool { return o == e }); len(l) > 0 {
 		p.byPort[port] = l
