@@ -35,6 +35,11 @@ var (
 	// handles from ListenPacket hold: their reads would take datagrams from
 	// quic-go. Close them first.
 	ErrHasConns = errors.New("socket is held by plain handles, which would take datagrams from quic-go")
+	// ErrNoNextProtos reports a Listen or ListenEarly whose tls.Config has
+	// no NextProtos and no GetConfigForClient that could supply them. QUIC
+	// requires an ALPN protocol, so such a listener could never complete a
+	// handshake; it is refused instead of accepting nothing forever.
+	ErrNoNextProtos = errors.New("tls.Config.NextProtos is empty: QUIC needs an ALPN protocol, so no handshake could complete")
 )
 
 // errPortTaken reports that the port chosen for the IPv6 half of a

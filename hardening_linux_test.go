@@ -3,12 +3,13 @@ package udppool
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"testing/synctest"
@@ -208,22 +209,69 @@ func TestFastPathAndBrokenSocket(t *testing.T) {
 	c.Close()
 }
 
-// TestIndexHoldsEntriesWeakly: a spelling cached by the fast path does not
-// keep a released entry (and its socket and transport) alive.
-func TestIndexHoldsEntriesWeakly(t *testing.T) {
+// TestIndexDropsDepartedEntries: the fast path's index holds an entry
+// only while it is in the pool: once the last handle is closed and the
+// socket gone, the spelling leads nowhere at once (no garbage collection
+// needed, and nothing keeps the entry, its socket or transport alive), and
+// acquiring the spelling again binds and indexes the new socket.
+func TestIndexDropsDepartedEntries(t *testing.T) {
 	needIPv4(t)
 	p := newPool(t)
 	c := listen(t, p, "udp4", "127.0.0.1:0")
 	sp := spelling{"udp4", c.LocalAddr().String()}
 	listen(t, p, sp.network, sp.address).Close()
+	if p.index.get(sp) != c.entry {
+		t.Fatal("spelling not indexed")
+	}
+	old := c.entry
 	c.Close()
-	for range 10 {
-		runtime.GC()
-		if p.index.get(sp) == nil {
-			return
+	if e := p.index.get(sp); e != nil {
+		t.Fatalf("the index still holds a released entry (refs %d)", e.refs.Load())
+	}
+	d := listen(t, p, sp.network, sp.address)
+	defer d.Close()
+	if d.entry == old || p.index.get(sp) != d.entry {
+		t.Fatal("the new socket is not the one indexed")
+	}
+}
+
+// TestIndexBoundsSpellings: a caller that spells one address in ever new
+// ways does not grow the index without limit; every spelling still gets
+// the socket, the ones past the bound by the slow path.
+func TestIndexBoundsSpellings(t *testing.T) {
+	needIPv6(t)
+	p := newPool(t)
+	c := listen(t, p, "udp6", "[::1]:0")
+	defer c.Close()
+	port := c.LocalAddr().(*net.UDPAddr).Port
+	var spellings []spelling
+	seen := make(map[string]bool)
+	for zeros := range 4 {
+		for _, tail := range []string{"::1", "0::1", "0:0::1", "0:0:0::1", "0:0:0:0::1"} {
+			if host := strings.Repeat("0", zeros) + tail; !seen[host] {
+				seen[host] = true
+				spellings = append(spellings, spelling{"udp6", fmt.Sprintf("[%s]:%d", host, port)})
+			}
 		}
 	}
-	t.Fatal("the index keeps a released entry alive")
+	for range 2 {
+		for _, sp := range spellings {
+			h := listen(t, p, sp.network, sp.address)
+			if h.entry != c.entry {
+				t.Fatalf("%s got another socket", sp.address)
+			}
+			h.Close()
+		}
+	}
+	indexed := 0
+	for _, sp := range spellings {
+		if p.index.get(sp) != nil {
+			indexed++
+		}
+	}
+	if indexed != maxSpellings {
+		t.Fatalf("%d of %d spellings indexed, want the bound, %d", indexed, len(spellings), maxSpellings)
+	}
 }
 
 // TestSplitPortZeroNeverJoinsGroup: both sockets of a split-stack port 0

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 
@@ -324,5 +325,49 @@ func TestPlainOrQUIC(t *testing.T) {
 		if st.Key.Addr.String() == plainAddr && (len(st.Listeners) != 1 || st.Listeners[0].Accepted != 1) {
 			t.Fatalf("stats after one handshake: %+v", st)
 		}
+	}
+}
+
+// TestListenNoNextProtos: a listener without ALPN protocols could never
+// complete a QUIC handshake, so Listen and ListenEarly refuse it with an
+// error that names the key and wraps ErrNoNextProtos, and the Transport
+// stays usable for a correct listener.
+func TestListenNoNextProtos(t *testing.T) {
+	needFamilies(t, v4)
+	p := pool(t)
+	tr := transport(t, p, "udp4", "127.0.0.1:0")
+	for _, early := range []bool{false, true} {
+		conf := certs().ServerConfig()
+		listen := tr.Listen
+		if early {
+			listen = tr.ListenEarly
+		}
+		ln, err := listen(conf, nil)
+		if err == nil {
+			ln.Close()
+			t.Fatalf("early=%v: listener without NextProtos opened", early)
+		}
+		var oe *net.OpError
+		if !errors.Is(err, udppool.ErrNoNextProtos) || !errors.As(err, &oe) {
+			t.Fatalf("early=%v: error %v (%T) is not a *net.OpError wrapping ErrNoNextProtos", early, err, err)
+		}
+		if want := tr.Keys()[0].String(); !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "NextProtos") {
+			t.Fatalf("early=%v: error %q does not name NextProtos and the socket %s", early, err, want)
+		}
+	}
+	if got := p.Stats()[0].Listeners; len(got) != 0 {
+		t.Fatalf("refused listeners left stats: %+v", got)
+	}
+	tag := ""
+	ln, err := tr.Listen(certs().ServerConfig("echo"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait := echoServer(ln, "ok:")
+	tag = handshake(t, v4, netip.AddrPortFrom(v4, portOf(tr)), "echo")
+	ln.Close()
+	wait()
+	if tag != "ok:" {
+		t.Fatalf("handshake after refusals reached %q", tag)
 	}
 }

@@ -60,6 +60,8 @@ type entry struct {
 	// quic is set while a shared transport serves the socket (with qt, or
 	// just before it is made): plain handles are refused then.
 	quic atomic.Bool
+
+	spellings []spelling // guarded by Pool.mu; its spellings in Pool.index
 }
 
 type options struct {
@@ -178,9 +180,20 @@ func (p *Pool) ListenPacket(ctx context.Context, network, address string) (*Conn
 	}
 	if literal && k.Addr.Port() != 0 {
 		// Names are resolved anew every time; literals never change.
-		p.index.put(sp, c.entry)
+		p.remember(sp, c.entry)
 	}
 	return c, nil
+}
+
+// remember indexes e under sp for the fast path, if e is still in the
+// pool: an entry that has left it must not be indexed again, since
+// nothing would drop it.
+func (p *Pool) remember(sp spelling, e *entry) {
+	p.mu.Lock()
+	if p.entries[e.key] == e && !e.closing.Load() {
+		p.index.put(sp, e)
+	}
+	p.mu.Unlock()
 }
 
 func (p *Pool) parse(ctx context.Context, network, address string) (Key, bool, error) {
@@ -455,6 +468,7 @@ func (p *Pool) remove(e *entry) {
 		return
 	}
 	delete(p.entries, e.key)
+	p.index.forget(e)
 	port := e.key.Addr.Port()
 	if l := slices.DeleteFunc(p.byPort[port], func(o *entry) bool { return o == e }); len(l) > 0 {
 		p.byPort[port] = l
@@ -619,12 +633,13 @@ type SocketStats struct {
 	// "invalid argument" for a destination with port 0. They fail the one
 	// send and never close the socket.
 	SendErrors map[string]uint64
-	// Listeners lists the QUIC listener generations on the socket that
-	// accept or still have connections, oldest first; during a reload the
-	// old generation drains to zero connections while the new one
-	// accepts. Generation is the newest generation's number.
-	Listeners  []ListenerStats
-	Generation uint64
+	// Listeners lists the QUIC listener epochs on the socket that accept
+	// or still have connections, oldest first; during a reload the old
+	// epoch drains to zero connections while the new one accepts. Epoch is
+	// the newest epoch's number. (An epoch is a listener's reload count on
+	// its socket; Upgrader.Generation counts processes.)
+	Listeners []ListenerStats
+	Epoch     uint64
 	// ConnsRefused counts QUIC connections that completed a handshake but
 	// that the pool closed because no listener could take them: none was
 	// open, or the newest one's accept queue was full.
@@ -670,7 +685,7 @@ func (p *Pool) Stats() []SocketStats {
 		stats[i].ConnsRefused = st.refused.Load()
 		stats[i].Listeners = st.stats()
 		if n := len(stats[i].Listeners); n > 0 {
-			stats[i].Generation = stats[i].Listeners[n-1].Generation
+			stats[i].Epoch = stats[i].Listeners[n-1].Epoch
 		}
 	}
 	slices.SortFunc(stats, func(a, b SocketStats) int {

@@ -79,8 +79,8 @@ func ExampleServer_Reload() {
 		log.Fatal(err)
 	}
 	ds := <-drained
-	fmt.Printf("generation %d drained: %d connection, %d left on the GOAWAY, %d closed at the deadline\n",
-		ds.Generation, ds.Conns, ds.EndedByGoAway, ds.EndedByDeadline)
+	fmt.Printf("epoch %d drained: %d connection, %d left on the GOAWAY, %d closed at the deadline\n",
+		ds.Epoch, ds.Conns, ds.EndedByGoAway, ds.EndedByDeadline)
 	get()
 
 	if err := srv.Shutdown(ctx); err != nil {
@@ -88,7 +88,7 @@ func ExampleServer_Reload() {
 	}
 	// Output:
 	// 200 OK hello with the certificate for first.example
-	// generation 1 drained: 1 connection, 1 left on the GOAWAY, 0 closed at the deadline
+	// epoch 1 drained: 1 connection, 1 left on the GOAWAY, 0 closed at the deadline
 	// 200 OK hello with the certificate for second.example
 }
 
@@ -106,7 +106,7 @@ func ExampleServer() {
 		Handler:   http.FileServer(http.Dir("/var/www")),
 		Grace:     10 * time.Second,
 		Drained: func(ds udppool.DrainStats) {
-			log.Printf("generation %d drained: %+v", ds.Generation, ds)
+			log.Printf("epoch %d drained: %+v", ds.Epoch, ds)
 		},
 	}
 	load := func() *tls.Config {
@@ -135,5 +135,37 @@ func ExampleServer() {
 			srv.Shutdown(ctx)
 			return
 		}
+	}
+}
+
+// A reload that changes the routes along with the certificate: the new
+// epoch answers with the new mux, while connections of the retired one
+// finish their requests with the old.
+func ExampleWithHandler() {
+	pool := udppool.New()
+	defer pool.Close()
+	tr, err := pool.Transport(context.Background(), "udp", ":443")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer tr.Close()
+	srv := &h3.Server{Transport: tr}
+	load := func() (*tls.Config, http.Handler) {
+		cert, err := tls.LoadX509KeyPair("cert.pem", "key.pem")
+		if err != nil {
+			log.Fatal(err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/", http.FileServer(http.Dir("/var/www"))) // routes read from the configuration
+		return &tls.Config{Certificates: []tls.Certificate{cert}}, mux
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	for {
+		tlsConf, mux := load()
+		if err := srv.Reload(tlsConf, nil, h3.WithHandler(mux)); err != nil {
+			log.Print(err) // the current epoch keeps serving
+		}
+		<-hup
 	}
 }

@@ -20,8 +20,10 @@
 // t.Cleanup whatever is needed to release what it created. Every blocking
 // step is bounded by Timeout; nothing asserts how long anything took. The
 // exceptions are NewCA and (*CA).Issue, which hold nothing to release and
-// return their errors, so that benchmarks and demonstration programs can
-// make certificates too.
+// return their errors. Programs that are not tests (benchmarks,
+// demonstrations) make certificates with the subpackage testca, which
+// this package's certificate types are aliases of: importing this package
+// links the testing package and goleak, importing testca does not.
 //
 // Helpers that take a testing.TB must be called from the test's own
 // goroutine (they may call t.Fatalf or t.Skipf) and never inside the

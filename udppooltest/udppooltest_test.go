@@ -684,3 +684,16 @@ func TestNoLeaksOrder(t *testing.T) {
 		t.Fatalf("handle not released by its cleanup: %+v", st)
 	}
 }
+
+// TestPEMFiles: the files load as the key pair they were written from.
+func TestPEMFiles(t *testing.T) {
+	certs := udppooltest.TLS(t)
+	certFile, keyFile := udppooltest.PEMFiles(t, certs.Certificate)
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cert.Leaf.Equal(certs.Certificate.Leaf) {
+		t.Fatal("PEM files hold another certificate")
+	}
+}

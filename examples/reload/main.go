@@ -30,10 +30,9 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
-	"golang.org/x/net/nettest"
 
 	"github.com/udppool/udppool"
-	"github.com/udppool/udppool/udppooltest"
+	"github.com/udppool/udppool/udppooltest/testca"
 )
 
 // alpn is the application protocol of the echo service; the pool routes
@@ -152,10 +151,10 @@ func run(ctx context.Context, cfg config, out io.Writer) (*result, error) {
 	if err != nil {
 		return nil, err
 	}
-	// The clients trust one throw-away CA (udppooltest's, since this is a
+	// The clients trust one throw-away CA (testca, since this is a
 	// demonstration, not a server to deploy); every reload presents a new
 	// certificate from it in a new tls.Config, as a real reload would.
-	ca, err := udppooltest.NewCA()
+	ca, err := testca.NewCA()
 	if err != nil {
 		tr.Close()
 		return nil, err
@@ -206,7 +205,7 @@ func run(ctx context.Context, cfg config, out io.Writer) (*result, error) {
 // and every goroutine serving connections of this and earlier listeners.
 type server struct {
 	tr      *udppool.Transport
-	ca      *udppooltest.CA
+	ca      *testca.CA
 	ln      *udppool.Listener // current
 	reloads int
 	wg      sync.WaitGroup // accept loops and connection handlers
@@ -225,7 +224,7 @@ type socketID struct {
 // the old one, so that there is never a moment without a listener. The old
 // listener's connections stay open and keep being served.
 func (s *server) reload() error {
-	cert, err := s.ca.Issue(udppooltest.Leaf{Names: []string{"localhost", "127.0.0.1", "::1"}})
+	cert, err := s.ca.Issue(testca.Leaf{Names: []string{"localhost", "127.0.0.1", "::1"}})
 	if err != nil {
 		return err
 	}
@@ -305,7 +304,7 @@ func (s *server) serve(conn *quic.Conn) {
 }
 
 // client runs round trips until ctx ends, from one socket of its own.
-func (f *family) client(ctx context.Context, ca *udppooltest.CA, dst netip.AddrPort, errLog *errorLog) {
+func (f *family) client(ctx context.Context, ca *testca.CA, dst netip.AddrPort, errLog *errorLog) {
 	uc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(f.local, 0)))
 	if err != nil {
 		f.failed.Add(1)
@@ -418,13 +417,26 @@ func families(keys []udppool.Key) []*family {
 		}
 	}
 	var fams []*family
-	if v4.IsValid() && nettest.SupportsIPv4() {
+	if v4.IsValid() && canBind(localFor(v4)) {
 		fams = append(fams, &family{name: "IPv4", dst: v4, local: localFor(v4)})
 	}
-	if v6.IsValid() && nettest.SupportsIPv6() {
+	if v6.IsValid() && canBind(localFor(v6)) {
 		fams = append(fams, &family{name: "IPv6", dst: v6, local: localFor(v6)})
 	}
 	return fams
+}
+
+// canBind reports whether a client socket can bind local, so that a host
+// without the family (no ::1, say) skips it instead of failing every
+// request. (Not golang.org/x/net/nettest, which links the testing package
+// into the program.)
+func canBind(local netip.Addr) bool {
+	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(local, 0)))
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }
 
 // localFor returns the address a client socket binds to reach dst: the

@@ -11,7 +11,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -200,31 +199,9 @@ func build(t *testing.T) string {
 // its key as PEM files, and returns them with the roots that verify it.
 func certificateFiles(t *testing.T) (certFile, keyFile string, roots *x509.CertPool) {
 	t.Helper()
-	ca, err := udppooltest.NewCA()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := ca.Issue(udppooltest.Leaf{Names: []string{"localhost", "127.0.0.1", "::1"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var certPEM []byte
-	for _, der := range cert.Certificate {
-		certPEM = append(certPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
-	}
-	key, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, certPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile, ca.Roots()
+	certs := udppooltest.TLS(t)
+	certFile, keyFile = udppooltest.PEMFiles(t, certs.Certificate)
+	return certFile, keyFile, certs.Roots
 }
 
 // freePort returns a UDP port that is free on host.

@@ -19,7 +19,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/udppool/udppool"
-	"github.com/udppool/udppool/udppooltest"
+	"github.com/udppool/udppool/udppooltest/testca"
 )
 
 var ctx = context.Background()
@@ -204,7 +204,9 @@ const BulkSize = 32 << 20
 // loopback, with both ends on sockets of the given variant.
 func QUICBulk(v Variant) func(b *testing.B) {
 	return func(b *testing.B) {
-		certs := udppooltest.TLS(b)
+		ca, err := testca.NewCA()
+		fatal(b, err)
+		certs := ca.Server(b)
 		p := udppool.New()
 		defer p.Close()
 		srvLn, srvClose := quicEnd(b, p, v, true, certs.ServerConfig("bench"))
