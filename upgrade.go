@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -29,6 +30,10 @@ var (
 	ErrUpgradeFailed = errors.New("successor failed before ready")
 	// ErrUpgraderStopped reports use of an Upgrader after Stop.
 	ErrUpgraderStopped = errors.New("upgrader stopped")
+	// ErrUpgraderExists reports a second NewUpgrader in one process: the
+	// predecessor's sockets and the connection ID secret come once, and
+	// two Upgraders would start two successors.
+	ErrUpgraderExists = errors.New("udppool: NewUpgrader called twice in one process")
 )
 
 // upgradeEnv names the environment variable through which a process
@@ -61,6 +66,7 @@ const upgradeEnv = "UDPPOOL_UPGRADE"
 // generations share the predecessor's sockets and forward in user space.
 type Upgrader struct {
 	opts  upgradeOptions
+	log   *slog.Logger // with this process's pid and generation
 	key   cidKey
 	codec *cidCodec
 	gen   uint16
@@ -109,6 +115,7 @@ type routeState struct {
 // peer is the other process of an upgrade.
 type peer struct {
 	gen  uint16
+	pid  int
 	ctrl *net.UnixConn
 	fwd  *net.UnixConn // forwarded datagrams, both ways
 	raw  syscall.RawConn
@@ -123,6 +130,22 @@ type upgradeOptions struct {
 	command      func(ctx context.Context) (*exec.Cmd, error)
 	readyTimeout time.Duration
 	inherit      bool
+	log          *slog.Logger
+}
+
+// WithUpgradeLogger makes the Upgrader log through l what an operator
+// wants to know about upgrades: successors started (Info), ready (Info)
+// and failed before ready (Error), a successor that exited after taking
+// over (Error), and predecessors gone (Info). Each record carries this
+// process's pid and process generation ("pid", "process_generation"), and
+// the other process's where there is one ("peer_pid", "peer_generation").
+// Without this option the Upgrader is silent.
+func WithUpgradeLogger(l *slog.Logger) UpgradeOption {
+	return func(o *upgradeOptions) {
+		if l != nil {
+			o.log = l
+		}
+	}
 }
 
 // WithUpgradeCommand sets the function that returns the successor's command,
@@ -159,12 +182,29 @@ func WithUpgrader(u *Upgrader) Option {
 	return func(o *options) { o.upgrader = u }
 }
 
+// upgraderMade records the NewUpgrader call of this process.
+var upgraderMade atomic.Bool
+
 // NewUpgrader returns the Upgrader of this process. In a process started by
 // Upgrade it connects to the predecessor and receives its sockets; call it
-// once, before the pools it serves bind anything.
+// once, before the pools it serves bind anything. A second call fails with
+// ErrUpgraderExists, also after the first failed or its Upgrader stopped.
 func NewUpgrader(opts ...UpgradeOption) (*Upgrader, error) {
+	if upgraderMade.Swap(true) {
+		return nil, ErrUpgraderExists
+	}
+	env, ok := os.LookupEnv(upgradeEnv)
+	if ok {
+		os.Unsetenv(upgradeEnv) // not for the successor's own children
+	}
+	return newUpgrader(env, ok, opts...)
+}
+
+// newUpgrader builds an Upgrader, of a successor if started is set (with
+// env the value of upgradeEnv), of a first generation otherwise.
+func newUpgrader(env string, started bool, opts ...UpgradeOption) (*Upgrader, error) {
 	u := &Upgrader{
-		opts:       upgradeOptions{readyTimeout: time.Minute},
+		opts:       upgradeOptions{readyTimeout: time.Minute, log: discardLogger},
 		conns:      make(map[string]*forwardConn),
 		socks:      make(map[Key]*socket),
 		predQUIC:   make(map[Key]bool),
@@ -180,23 +220,29 @@ func NewUpgrader(opts ...UpgradeOption) (*Upgrader, error) {
 	for _, o := range opts {
 		o(&u.opts)
 	}
-	env, ok := os.LookupEnv(upgradeEnv)
-	if !ok {
+	if !started {
 		if _, err := rand.Read(u.key[:]); err != nil {
 			return nil, err
 		}
 		u.gen = 1
 		u.codec = newCIDCodec(u.key)
 		u.ready = true
+		u.log = u.opts.log.With(slog.Int("pid", os.Getpid()), processGenAttr(u.gen))
 		close(u.predGone)
 		u.publish()
 		return u, nil
 	}
-	os.Unsetenv(upgradeEnv) // not for the successor's own children
+	u.log = u.opts.log.With(slog.Int("pid", os.Getpid()))
 	if err := u.connectPredecessor(env); err != nil {
 		return nil, fmt.Errorf("udppool: upgrade from predecessor: %w", err)
 	}
 	return u, nil
+}
+
+func processGenAttr(gen uint16) slog.Attr { return slog.Uint64("process_generation", uint64(gen)) }
+
+func peerAttrs(s *peer) []any {
+	return []any{slog.Int("peer_pid", s.pid), slog.Uint64("peer_generation", uint64(s.gen))}
 }
 
 // predecessorInode returns the inode of the predecessor's socket for k,
@@ -239,11 +285,9 @@ func (u *Upgrader) publish() {
 		st.peer = u.pred
 	}
 	u.state.Store(st)
-	u.connsMu.Lock()
-	for _, f := range u.conns {
+	for _, f := range u.transports() {
 		f.kick()
 	}
-	u.connsMu.Unlock()
 }
 
 func (u *Upgrader) register(p *Pool) {
@@ -433,9 +477,13 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 	}
 	s, err := u.start(ctx)
 	if err != nil {
+		u.log.Error("udppool: starting a successor failed", slog.Any("cause", err))
 		return fmt.Errorf("udppool: upgrade: %w", err)
 	}
+	u.log.Info("udppool: successor started", peerAttrs(s)...)
 	if err := u.awaitReady(ctx, s); err != nil {
+		u.log.Error("udppool: successor failed before ready; this process serves on",
+			append(peerAttrs(s), slog.Any("cause", err))...)
 		s.kill()
 		u.mu.Lock()
 		// The successor may have attached its program before it died:
@@ -444,6 +492,7 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 		u.mu.Unlock()
 		return errors.Join(fmt.Errorf("udppool: upgrade: %w: %w", ErrUpgradeFailed, err), rerr)
 	}
+	u.log.Info("udppool: successor ready; handing over", peerAttrs(s)...)
 	u.mu.Lock()
 	s.release()
 	u.succ = s
@@ -532,6 +581,7 @@ func (u *Upgrader) predecessorGone() {
 	}
 	u.pred = nil
 	s.close()
+	u.log.Info("udppool: predecessor gone; this process serves alone", peerAttrs(s)...)
 	for k, f := range u.inherited {
 		f.Close()
 		delete(u.inherited, k)
@@ -637,18 +687,21 @@ func (u *Upgrader) handshakeEnd(h *handshake) {
 // settle waits until quic-go has seen every datagram this process kept
 // before the hand-over and the handshakes they began have ended, or until
 // settleMax has passed.
-func (u *Upgrader) settle() {
-	deadline := time.NewTimer(settleMax)
-	defer deadline.Stop()
-	u.connsMu.Lock()
-	var conns []*forwardConn
-	for _, f := range u.conns {
-		conns = append(conns, f)
+func (u *Upgrader) settle() { u.settleFor(settleMax) }
+
+// settleFor is settle with one deadline, max from now, for every wait in
+// it: the transports flush side by side, and one that never answers (no
+// quic-go server reads it) costs the others nothing.
+func (u *Upgrader) settleFor(max time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), max)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, f := range u.transports() {
+		if f.serving() {
+			wg.Go(func() { f.flush(ctx.Done()) })
+		}
 	}
-	u.connsMu.Unlock()
-	for _, f := range conns {
-		f.flush(deadline.C)
-	}
+	wg.Wait()
 	u.hsMu.Lock()
 	if len(u.handshakes) == 0 {
 		u.hsMu.Unlock()
@@ -659,6 +712,11 @@ func (u *Upgrader) settle() {
 	u.hsMu.Unlock()
 	select {
 	case <-ch:
-	case <-deadline.C:
+	case <-ctx.Done():
+		u.hsMu.Lock()
+		if u.hsSettled == ch {
+			u.hsSettled = nil
+		}
+		u.hsMu.Unlock()
 	}
 }

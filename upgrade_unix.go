@@ -25,6 +25,7 @@ import (
 // generation, the connection ID secret and the sockets, whose descriptors
 // travel with it in the same order.
 type hello struct {
+	PredPid int
 	Gen     uint16
 	PredGen uint16
 	Key     []byte
@@ -77,7 +78,7 @@ func (u *Upgrader) start(ctx context.Context) (*peer, error) {
 		s.close()
 		return nil, fmt.Errorf("starting successor: %w", err)
 	}
-	s.cmd = cmd
+	s.cmd, s.pid = cmd, cmd.Process.Pid
 	if err := u.sendHello(s); err != nil {
 		s.kill()
 		return nil, fmt.Errorf("handing sockets to the successor: %w", err)
@@ -146,7 +147,7 @@ func fileUnixConn(f *os.File) (*net.UnixConn, error) {
 // sendHello sends the hello with duplicates of the descriptors of every
 // socket of u's pools.
 func (u *Upgrader) sendHello(s *peer) error {
-	h := hello{Gen: s.gen, PredGen: u.gen, Key: u.key[:]}
+	h := hello{PredPid: os.Getpid(), Gen: s.gen, PredGen: u.gen, Key: u.key[:]}
 	var fds []int
 	defer func() {
 		for _, fd := range fds {
@@ -232,7 +233,8 @@ func (u *Upgrader) connectPredecessor(env string) error {
 	}
 	copy(u.key[:], h.Key)
 	u.codec = newCIDCodec(u.key)
-	u.gen, s.gen = h.Gen, h.PredGen
+	u.gen, s.gen, s.pid = h.Gen, h.PredGen, h.PredPid
+	u.log = u.log.With(processGenAttr(u.gen))
 	for i, hs := range h.Sockets {
 		ap, err := netip.ParseAddrPort(hs.Addr)
 		if err != nil {
