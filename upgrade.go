@@ -89,6 +89,12 @@ type Upgrader struct {
 	predInodes map[Key]uint64
 	predQUIC   map[Key]bool     // ... and serves QUIC on
 	inherited  map[Key]*os.File // the predecessor's sockets, not (yet) used
+	// anyPort lists, in the predecessor's order, its sockets bound for a
+	// port 0 key, which this process's port 0 keys of the same address
+	// take over; ephemeral holds this process's own, for its successor.
+	anyPort       []Key
+	ephemeral     map[Key]bool
+	ephemeralLive int // len(ephemeral) at its last pruning
 	upgrading  bool
 	handed     bool // a successor took over
 	stopped    bool
@@ -102,6 +108,9 @@ type Upgrader struct {
 
 	predGone chan struct{} // closed once no predecessor is left
 	exit     chan struct{} // closed at the hand-over to a successor
+	exited   bool          // exit is closed
+	resumed  chan struct{} // closed when the successor of the last hand-over died
+	starting *peer         // a successor not yet ready
 }
 
 // routeState is what the receive path needs to know, replaced as a whole
@@ -213,8 +222,10 @@ func newUpgrader(env string, started bool, opts ...UpgradeOption) (*Upgrader, er
 		predKeys:   make(map[Key]bool),
 		predInodes: make(map[Key]uint64),
 		inherited:  make(map[Key]*os.File),
+		ephemeral:  make(map[Key]bool),
 		predGone:   make(chan struct{}),
 		exit:       make(chan struct{}),
+		resumed:    make(chan struct{}),
 		handshakes: make(map[*handshake]struct{}),
 	}
 	for _, o := range opts {
@@ -262,8 +273,28 @@ func (u *Upgrader) predecessorInode(k Key) uint64 {
 func (u *Upgrader) Generation() uint16 { return u.gen }
 
 // Exit returns a channel that is closed when a successor has taken over:
-// stop accepting, let connections finish, call Stop and exit.
-func (u *Upgrader) Exit() <-chan struct{} { return u.exit }
+// stop accepting, let connections finish, call Stop and exit. After
+// Resumed's channel closes it returns a new channel, for the next
+// hand-over.
+func (u *Upgrader) Exit() <-chan struct{} {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.exit
+}
+
+// Resumed returns a channel that is closed when the successor of the last
+// hand-over exits before this process has called Stop: this process then
+// takes every new handshake again, as before the upgrade (the kernel and
+// the forwarding send them here within a moment of the successor's death),
+// and may Upgrade again. An application that stopped accepting at Exit
+// listens again; the connections it drains are not affected. Call it after
+// Exit's channel has closed: before, it returns a channel that never
+// closes.
+func (u *Upgrader) Resumed() <-chan struct{} {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.resumed
+}
 
 // HasPredecessor reports whether an older generation still runs.
 func (u *Upgrader) HasPredecessor() bool {
@@ -340,6 +371,79 @@ func (u *Upgrader) bind(ctx context.Context, k Key, o bindOpts) (*socket, error)
 	}
 	u.socks[k] = s
 	return s, nil
+}
+
+// bindNew binds the socket of a port 0 key k for p.
+func (p *Pool) bindNew(ctx context.Context, k Key, o acquireOpts) (*socket, error) {
+	if u := p.opts.upgrader; u != nil {
+		return u.bindNew(ctx, k, p.bindOpts(k, o))
+	}
+	return bind(ctx, k, p.bindOpts(k, o))
+}
+
+// bindNew binds a socket for the port 0 key k. A successor takes over the
+// predecessor's socket that was bound for the same key, so that an
+// upgrade keeps the port the kernel chose: such a socket is in no
+// reuseport group, and the generations share it.
+func (u *Upgrader) bindNew(ctx context.Context, k Key, o bindOpts) (*socket, error) {
+	u.mu.Lock()
+	var from Key
+	var f *os.File
+	for i, ik := range u.anyPort {
+		if ik.Network == k.Network && ik.Addr.Addr() == k.Addr.Addr() && u.inherited[ik] != nil {
+			from, f = ik, u.inherited[ik]
+			u.anyPort = slices.Delete(u.anyPort, i, i+1)
+			break
+		}
+	}
+	u.mu.Unlock()
+	var s *socket
+	var err error
+	if f != nil {
+		s, err = u.adopt(from, f)
+	} else {
+		s, err = bind(ctx, k, o)
+	}
+	if err != nil {
+		return nil, err
+	}
+	lk := s.localKey(k)
+	u.mu.Lock()
+	u.ephemeral[lk] = true
+	prune := len(u.ephemeral) >= 2*u.ephemeralLive+16
+	u.mu.Unlock()
+	if prune {
+		u.pruneEphemeral(lk)
+	}
+	return s, nil
+}
+
+// pruneEphemeral forgets the port 0 sockets closed since, once their
+// number has doubled: temporary transports of Pool.Dial come and go.
+// The socket of keep is not in its pool yet.
+func (u *Upgrader) pruneEphemeral(keep Key) {
+	u.mu.Lock()
+	pools := slices.Clone(u.pools)
+	u.mu.Unlock()
+	live := map[Key]bool{keep: true}
+	for _, p := range pools { // Pool.mu is taken before u.mu, never under it
+		p.mu.Lock()
+		for k := range p.entries {
+			live[k] = true
+		}
+		p.mu.Unlock()
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	n := 0
+	for k := range u.ephemeral {
+		if !live[k] {
+			delete(u.ephemeral, k)
+		} else {
+			n++
+		}
+	}
+	u.ephemeralLive = n
 }
 
 // adopt turns the predecessor's socket of k into this process's.
@@ -481,7 +585,21 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 		return fmt.Errorf("udppool: upgrade: %w", err)
 	}
 	u.log.Info("udppool: successor started", peerAttrs(s)...)
-	if err := u.awaitReady(ctx, s); err != nil {
+	u.mu.Lock()
+	u.starting = s // for Stop to end
+	stopped := u.stopped
+	u.mu.Unlock()
+	err = ErrUpgraderStopped
+	if !stopped {
+		err = u.awaitReady(ctx, s)
+	}
+	if err != nil {
+		u.mu.Lock()
+		u.starting = nil
+		if u.stopped {
+			err = errors.Join(ErrUpgraderStopped, err)
+		}
+		u.mu.Unlock()
 		u.log.Error("udppool: successor failed before ready; this process serves on",
 			append(peerAttrs(s), slog.Any("cause", err))...)
 		s.kill()
@@ -492,11 +610,21 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 		u.mu.Unlock()
 		return errors.Join(fmt.Errorf("udppool: upgrade: %w: %w", ErrUpgradeFailed, err), rerr)
 	}
-	u.log.Info("udppool: successor ready; handing over", peerAttrs(s)...)
 	u.mu.Lock()
+	u.starting = nil
+	if u.stopped {
+		// Stop came first: this process ends without a hand-over, and so
+		// does the upgrade it began.
+		u.mu.Unlock()
+		u.log.Info("udppool: successor ready after Stop; ending it", peerAttrs(s)...)
+		s.kill()
+		return ErrUpgraderStopped
+	}
+	u.log.Info("udppool: successor ready; handing over", peerAttrs(s)...)
 	s.release()
 	u.succ = s
 	u.handed = true
+	u.resumed = make(chan struct{})
 	u.publish()
 	u.mu.Unlock()
 	go u.receive(s)
@@ -504,7 +632,15 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 	// New handshakes go to the successor from now on; those already begun
 	// here finish here before the application closes its listeners.
 	u.settle()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.succ != s {
+		// It died while this process settled: watch took the handshakes
+		// back, and the application has nothing to leave.
+		return fmt.Errorf("udppool: upgrade: %w: successor exited right after ready", ErrUpgradeFailed)
+	}
 	close(u.exit)
+	u.exited = true
 	return nil
 }
 
@@ -526,6 +662,7 @@ func (u *Upgrader) awaitReady(ctx context.Context, s *peer) error {
 	case b != msgReady:
 		return fmt.Errorf("unexpected control message %q", b)
 	}
+	taken := make(map[string]bool)
 	for {
 		line, err := r.ReadString('\n')
 		if err != nil {
@@ -534,15 +671,23 @@ func (u *Upgrader) awaitReady(ctx context.Context, s *peer) error {
 		if line == "\n" {
 			break
 		}
-		if f := u.lookup(strings.TrimSuffix(line, "\n")); f != nil {
-			f.shared.Store(true)
-		}
+		taken[strings.TrimSuffix(line, "\n")] = true
 	}
-	s.ctrl.SetReadDeadline(time.Time{})
+	if err := s.ctrl.SetReadDeadline(time.Time{}); err != nil {
+		return err
+	}
+	// Only the sockets this successor took over are shared; one that an
+	// earlier successor took over and this one binds anew is not.
+	for _, f := range u.transports() {
+		f.shared.Store(taken[f.keyStr])
+	}
 	return nil
 }
 
-// watch notices the successor's exit.
+// watch notices the successor's exit. One that exits before this process
+// has stopped leaves the port to it: this process takes new handshakes
+// back, its own program steers them here again, and it reads its shared
+// sockets again.
 func (u *Upgrader) watch(s *peer) {
 	var b [1]byte
 	for {
@@ -552,11 +697,30 @@ func (u *Upgrader) watch(s *peer) {
 	}
 	close(s.gone)
 	u.mu.Lock()
-	if u.succ == s {
-		u.succ = nil
-		u.publish()
+	defer u.mu.Unlock()
+	if u.succ != s {
+		return
 	}
-	u.mu.Unlock()
+	u.succ = nil
+	s.close()
+	if u.stopped {
+		u.publish()
+		return
+	}
+	u.log.Error("udppool: successor exited after taking over; this process takes new handshakes back", peerAttrs(s)...)
+	u.handed = false
+	for _, f := range u.transports() {
+		f.shared.Store(false)
+	}
+	u.publish()
+	if err := u.resteer(); err != nil {
+		u.log.Error("udppool: steering back to this process failed", slog.Any("cause", err))
+	}
+	if u.exited {
+		u.exit = make(chan struct{})
+		u.exited = false
+		close(u.resumed)
+	}
 }
 
 // watchPredecessor waits until the predecessor has closed its sockets (or
@@ -604,6 +768,9 @@ func (u *Upgrader) Stop() error {
 		return ErrUpgraderStopped
 	}
 	u.stopped = true
+	if s := u.starting; s != nil {
+		s.ctrl.SetReadDeadline(pastDeadline) // Upgrade ends it
+	}
 	pools := slices.Clone(u.pools)
 	u.mu.Unlock()
 	var errs []error

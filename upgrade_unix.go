@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -36,6 +37,7 @@ type helloSocket struct {
 	Network string
 	Addr    string
 	QUIC    bool // the predecessor serves QUIC on it
+	AnyPort bool // bound for a port 0 key
 }
 
 // helloTimeout bounds the successor's wait for the hello, which the
@@ -156,6 +158,7 @@ func (u *Upgrader) sendHello(s *peer) error {
 	}()
 	u.mu.Lock()
 	pools := append([]*Pool(nil), u.pools...)
+	ephemeral := maps.Clone(u.ephemeral)
 	u.mu.Unlock()
 	for _, p := range pools {
 		p.mu.Lock()
@@ -171,7 +174,7 @@ func (u *Upgrader) sendHello(s *peer) error {
 				continue // closing: nothing to hand over
 			}
 			fds = append(fds, fd)
-			h.Sockets = append(h.Sockets, helloSocket{Network: e.key.Network, Addr: e.key.Addr.String(), QUIC: e.qt != nil})
+			h.Sockets = append(h.Sockets, helloSocket{Network: e.key.Network, Addr: e.key.Addr.String(), QUIC: e.qt != nil, AnyPort: ephemeral[e.key]})
 		}
 		p.mu.Unlock()
 	}
@@ -248,6 +251,9 @@ func (u *Upgrader) connectPredecessor(env string) error {
 		}
 		u.predKeys[k] = true
 		u.predQUIC[k] = hs.QUIC
+		if hs.AnyPort {
+			u.anyPort = append(u.anyPort, k)
+		}
 	}
 	u.pred = s
 	u.publish()
