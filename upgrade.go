@@ -95,12 +95,12 @@ type Upgrader struct {
 	anyPort       []Key
 	ephemeral     map[Key]bool
 	ephemeralLive int // len(ephemeral) at its last pruning
-	upgrading  bool
-	handed     bool // a successor took over
-	stopped    bool
-	ready      bool
-	pred       *peer
-	succ       *peer
+	upgrading     bool
+	handed        bool // a successor took over
+	stopped       bool
+	ready         bool
+	pred          *peer
+	succ          *peer
 
 	hsMu       sync.Mutex
 	handshakes map[*handshake]struct{}
