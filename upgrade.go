@@ -481,13 +481,19 @@ func (u *Upgrader) steer(k Key, raw syscall.RawConn) error {
 		// the datagrams of a plain socket go to the newest generation.
 		prog = steerProgram([]uint16{u.pred.gen, u.gen}, 1, u.predQUIC[k])
 	case u.joined[k] && u.pred != nil:
-		return nil // the predecessor's program sends everything to it
+		// Not ready: the predecessor's own program, which sends
+		// everything to it. Attaching it, rather than leaving the group's
+		// as it is, also undoes a ready program of a Ready that failed.
+		prog = steerProgram([]uint16{u.pred.gen}, 0, false)
 	}
-	if err := attachSteering(raw, prog); err != nil {
+	if err := attachProgram(raw, prog); err != nil {
 		return fmt.Errorf("steering %v: %w", k, err)
 	}
 	return nil
 }
+
+// attachProgram is attachSteering, replaced by tests that make it fail.
+var attachProgram = attachSteering
 
 // resteer recomputes the programs of every socket this process holds.
 // u.mu must be held.
@@ -522,9 +528,11 @@ func (u *Upgrader) Ready() error {
 	u.ready = true
 	u.publish()
 	if err := u.resteer(); err != nil {
+		// Every group back to the predecessor's program, also those that
+		// took this process's before one failed.
 		u.ready = false
 		u.publish()
-		return err
+		return errors.Join(err, u.resteer())
 	}
 	if u.pred != nil {
 		// The ready message lists the sockets this process took over from
@@ -753,7 +761,11 @@ func (u *Upgrader) predecessorGone() {
 	// Alone now: each socket of this process is the only one, at index 0,
 	// and must keep later joiners off until they are ready.
 	clear(u.joined)
-	u.resteer()
+	if err := u.resteer(); err != nil {
+		// The kernel falls back to hashing where a program names the gone
+		// predecessor's index; the other generation's IDs are forwarded.
+		u.log.Error("udppool: steering to this process alone failed", slog.Any("cause", err))
+	}
 	u.publish()
 	close(u.predGone)
 }

@@ -245,6 +245,10 @@ func (u *Upgrader) connectPredecessor(env string) error {
 			continue
 		}
 		k := Key{Network: hs.Network, Addr: ap}
+		if u.inherited[k] != nil { // named twice: keep the first
+			files[i].Close()
+			continue
+		}
 		u.inherited[k] = files[i]
 		if rc, err := files[i].SyscallConn(); err == nil {
 			u.predInodes[k], _ = socketInode(rc)
@@ -262,27 +266,43 @@ func (u *Upgrader) connectPredecessor(env string) error {
 	return nil
 }
 
+// maxHelloFDs bounds the descriptors of a hello: SCM_MAX_FD, Linux's
+// limit for one message, with room to spare.
+const maxHelloFDs = 1024
+
 // readHello reads the hello and the descriptors that come with it.
 func readHello(ctrl *net.UnixConn) (hello, []*os.File, error) {
+	return readHelloFDs(ctrl, maxHelloFDs)
+}
+
+// readHelloFDs is readHello with room for maxFDs descriptors. Every
+// descriptor received is closed again unless the hello is returned.
+func readHelloFDs(ctrl *net.UnixConn, maxFDs int) (hello, []*os.File, error) {
 	ctrl.SetReadDeadline(time.Now().Add(helloTimeout))
 	defer ctrl.SetReadDeadline(time.Time{})
 	buf := make([]byte, 64<<10)
-	oob := make([]byte, unix.CmsgSpace(4*1024))
-	n, oobn, _, _, err := ctrl.ReadMsgUnix(buf, oob)
+	oob := make([]byte, unix.CmsgSpace(4*maxFDs))
+	n, oobn, flags, _, err := ctrl.ReadMsgUnix(buf, oob)
 	if err != nil {
 		return hello{}, nil, err
 	}
 	var files []*os.File
-	cmsgs, err := unix.ParseSocketControlMessage(oob[:oobn])
-	if err != nil {
-		return hello{}, nil, err
-	}
-	for _, cm := range cmsgs {
-		fds, err := unix.ParseUnixRights(&cm)
+	// Parse one message at a time, so that one that fails to parse
+	// leaves the descriptors of those before it to close.
+	var perr error
+	for rest := oob[:oobn]; len(rest) > 0; {
+		hdr, data, next, err := unix.ParseOneSocketControlMessage(rest)
 		if err != nil {
+			perr = err
+			break
+		}
+		rest = next
+		if hdr.Level != unix.SOL_SOCKET || hdr.Type != unix.SCM_RIGHTS {
 			continue
 		}
-		for _, fd := range fds {
+		for len(data) >= 4 {
+			fd := int(int32(binary.NativeEndian.Uint32(data)))
+			data = data[4:]
 			unix.CloseOnExec(fd)
 			files = append(files, os.NewFile(uintptr(fd), "udppool-inherited"))
 		}
@@ -292,6 +312,12 @@ func readHello(ctrl *net.UnixConn) (hello, []*os.File, error) {
 			f.Close()
 		}
 		return hello{}, nil, err
+	}
+	switch {
+	case perr != nil:
+		return fail(fmt.Errorf("control message of the hello: %w", perr))
+	case flags&unix.MSG_CTRUNC != 0:
+		return fail(fmt.Errorf("hello: descriptors truncated (%d received): more sockets than %d, or this process's descriptor limit reached", len(files), maxFDs))
 	}
 	if n < 4 {
 		if _, err := io.ReadFull(ctrl, buf[n:4]); err != nil {
