@@ -24,6 +24,7 @@ import (
 type forwardConn struct {
 	*Conn  // quic-go's handle: writes, socket options, LocalAddr
 	u      *Upgrader
+	st     *sharedTransport // nil in benchmarks
 	key    Key
 	keyStr string
 	// shared: the other generation holds this very socket (inherited one
@@ -59,7 +60,7 @@ func (u *Upgrader) setupTransport(qt *quic.Transport, st *sharedTransport) {
 	qt.ConnectionIDGenerator = cidGenerator{codec: u.codec, gen: u.gen}
 	u.trackHandshakes(qt)
 	f := &forwardConn{
-		Conn: st.conn, u: u, key: st.entry.key, keyStr: st.entry.key.String(),
+		Conn: st.conn, u: u, st: st, key: st.entry.key, keyStr: st.entry.key.String(),
 		notify: make(chan struct{}, 1),
 	}
 	f.batch = ipv4.NewPacketConn(f.Conn)
@@ -67,9 +68,44 @@ func (u *Upgrader) setupTransport(qt *quic.Transport, st *sharedTransport) {
 	f.shared.Store(u.shared[f.key])
 	u.mu.Unlock()
 	u.connsMu.Lock()
+	u.forgetClosed()
 	u.conns[f.keyStr] = f
 	u.connsMu.Unlock()
 	qt.Conn = f
+}
+
+// forgetClosed drops the transports closed since. u.connsMu must be held.
+func (u *Upgrader) forgetClosed() {
+	for k, f := range u.conns {
+		if f.Conn.closed.Load() {
+			delete(u.conns, k)
+		}
+	}
+}
+
+// transports returns the open transports of this process, forgetting
+// closed ones.
+func (u *Upgrader) transports() []*forwardConn {
+	u.connsMu.Lock()
+	defer u.connsMu.Unlock()
+	u.forgetClosed()
+	fs := make([]*forwardConn, 0, len(u.conns))
+	for _, f := range u.conns {
+		fs = append(fs, f)
+	}
+	return fs
+}
+
+// serving reports whether a quic-go server reads f, which is what answers
+// flush's marker: a transport that only dials, or whose listeners closed,
+// has no handshakes of its own to settle.
+func (f *forwardConn) serving() bool {
+	if f.st == nil {
+		return true
+	}
+	f.st.mu.Lock()
+	defer f.st.mu.Unlock()
+	return f.st.real != nil
 }
 
 // lookup returns the transport of key, forgetting closed ones.
@@ -427,7 +463,7 @@ func (u *Upgrader) receive(s *peer) {
 // client has, comes back through WriteMsgUDP (or WriteTo) after every
 // datagram read before it has been through the server, and so after the
 // ConnContext of every handshake those began.
-func (f *forwardConn) flush(stop <-chan time.Time) {
+func (f *forwardConn) flush(stop <-chan struct{}) {
 	ch := make(chan struct{})
 	f.mu.Lock()
 	f.flushed = ch
@@ -445,6 +481,11 @@ func (f *forwardConn) flush(stop <-chan time.Time) {
 		case <-ch:
 			return
 		case <-stop:
+			f.mu.Lock()
+			if f.flushed == ch {
+				f.flushed = nil
+			}
+			f.mu.Unlock()
 			return
 		case <-retry.C:
 		}

@@ -392,7 +392,7 @@ func (p *Pool) bound(e *entry, s *socket, err error) (*Conn, error) {
 // acquireNew binds a socket for a port 0 key, which is never shared before
 // it exists, and enters it under the port it got.
 func (p *Pool) acquireNew(ctx context.Context, k Key, o acquireOpts) (*Conn, error) {
-	s, err := bind(ctx, k, p.bindOpts(k, o))
+	s, err := p.bindNew(ctx, k, o)
 	if err != nil {
 		return nil, err
 	}

@@ -114,13 +114,20 @@ func (sv *supervisor) message(m systemd.Message) {
 			f.Close()
 		}
 	}()
-	if m.PID != sv.main || sv.main == 0 {
-		return
-	}
-	if v, ok := m.Get("MAINPID"); ok {
-		if pid, err := strconv.Atoi(v); err == nil && pid > 1 {
+	v, naming := m.Get("MAINPID")
+	pid, err := strconv.Atoi(v)
+	naming = naming && err == nil && pid > 1
+	switch {
+	case m.PID == sv.main && sv.main != 0:
+		if naming {
 			sv.main = pid
 		}
+	case naming && pid == m.PID && sv.mainExited():
+		// A generation whose successor died after taking over serves
+		// again, and says so.
+		sv.main = pid
+	default:
+		return
 	}
 	if sv.outer == "" {
 		return
@@ -150,6 +157,33 @@ func (sv *supervisor) forward(sig unix.Signal) {
 	unix.Kill(-1, sig)
 }
 
+// mainExited reports whether the main process has exited, reaping it if
+// it has not been yet.
+func (sv *supervisor) mainExited() bool {
+	if sv.main == 0 {
+		return true
+	}
+	var ws unix.WaitStatus
+	if pid, err := unix.Wait4(sv.main, &ws, unix.WNOHANG, nil); err != nil || pid != sv.main {
+		return false
+	}
+	sv.exited(ws)
+	return true
+}
+
+// exited records the main process's status.
+func (sv *supervisor) exited(ws unix.WaitStatus) {
+	sv.main = 0
+	switch {
+	case ws.Exited():
+		sv.code = ws.ExitStatus()
+	case ws.Signaled():
+		sv.code = 128 + int(ws.Signal())
+	default:
+		sv.code = 1
+	}
+}
+
 // reap collects every child that has ended. It reports true once the main
 // process has exited and no process is left; an old generation still
 // draining keeps the namespace, and the supervisor, alive until it ends.
@@ -165,17 +199,8 @@ func (sv *supervisor) reap() bool {
 		case err != nil || pid == 0:
 			return false
 		}
-		if pid != sv.main {
-			continue
-		}
-		sv.main = 0
-		switch {
-		case ws.Exited():
-			sv.code = ws.ExitStatus()
-		case ws.Signaled():
-			sv.code = 128 + int(ws.Signal())
-		default:
-			sv.code = 1
+		if pid == sv.main {
+			sv.exited(ws)
 		}
 	}
 }

@@ -43,7 +43,7 @@ const barrierTimeout = 5 * time.Second
 // result is only logged.
 func (u *Upgrader) notify(state ...string) {
 	if err := systemd.Notify(state...); err != nil && !errors.Is(err, systemd.ErrNoSocket) {
-		u.logf("udppool: upgrader: notifying the service manager", "error", err)
+		u.log.Warn("udppool: notifying the service manager", slog.Any("cause", err))
 	}
 }
 
@@ -69,10 +69,21 @@ func (u *Upgrader) notifyReloading() {
 // notifyUpgradeFailed ends the reload with this process still the main one.
 func (u *Upgrader) notifyUpgradeFailed(cause error) {
 	if err := u.writePIDFile(); err != nil {
-		u.logf("udppool: upgrader: restoring the PID file", "error", err)
+		u.log.Warn("udppool: restoring the PID file", slog.Any("cause", err))
 	}
 	status := strings.ReplaceAll(fmt.Sprintf("upgrade failed: %v", cause), "\n", " ")
 	u.notify("READY=1", "STATUS="+status)
+}
+
+// notifyResumed makes this process the main one again after its
+// successor died. systemd accepts it only with NotifyAccess=all (with the
+// default it has taken the successor's exit for the service's); the
+// supervisor of a PID namespace and a PID file follow it either way.
+func (u *Upgrader) notifyResumed() {
+	if err := u.writePIDFile(); err != nil {
+		u.log.Warn("udppool: restoring the PID file", slog.Any("cause", err))
+	}
+	u.notify("MAINPID="+strconv.Itoa(os.Getpid()), "READY=1", "STATUS=successor exited; serving again")
 }
 
 // notifyHandOver makes pid the main process and waits until the manager
@@ -84,7 +95,7 @@ func (u *Upgrader) notifyHandOver(pid int) {
 	}
 	u.notify("MAINPID="+strconv.Itoa(pid), "READY=1")
 	if err := systemd.Barrier(addr, barrierTimeout); err != nil {
-		u.logf("udppool: upgrader: waiting for the service manager", "error", err)
+		u.log.Warn("udppool: waiting for the service manager", slog.Any("cause", err))
 	}
 }
 
@@ -123,18 +134,4 @@ func (u *Upgrader) writePIDFile() error {
 		return fmt.Errorf("udppool: writing PID file %s: %w", path, err)
 	}
 	return nil
-}
-
-// WithUpgradeLogger makes the Upgrader log through l what an operator
-// wants to know of upgrades; without it the Upgrader is silent.
-func WithUpgradeLogger(l *slog.Logger) UpgradeOption {
-	return func(o *upgradeOptions) {
-		if l != nil {
-			o.log = l
-		}
-	}
-}
-
-func (u *Upgrader) logf(msg string, args ...any) {
-	u.opts.log.Warn(msg, append(args, slog.Int("pid", os.Getpid()))...)
 }

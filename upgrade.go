@@ -30,6 +30,10 @@ var (
 	ErrUpgradeFailed = errors.New("successor failed before ready")
 	// ErrUpgraderStopped reports use of an Upgrader after Stop.
 	ErrUpgraderStopped = errors.New("upgrader stopped")
+	// ErrUpgraderExists reports a second NewUpgrader in one process: the
+	// predecessor's sockets and the connection ID secret come once, and
+	// two Upgraders would start two successors.
+	ErrUpgraderExists = errors.New("udppool: NewUpgrader called twice in one process")
 )
 
 // upgradeEnv names the environment variable through which a process
@@ -62,6 +66,7 @@ const upgradeEnv = "UDPPOOL_UPGRADE"
 // generations share the predecessor's sockets and forward in user space.
 type Upgrader struct {
 	opts  upgradeOptions
+	log   *slog.Logger // with this process's pid and generation
 	key   cidKey
 	codec *cidCodec
 	gen   uint16
@@ -85,13 +90,19 @@ type Upgrader struct {
 	predInodes map[Key]uint64
 	predQUIC   map[Key]bool     // ... and serves QUIC on
 	inherited  map[Key]*os.File // the predecessor's sockets, not (yet) used
-	upgrading  bool
-	announced  bool // Ready has told the service manager and the PID file
-	handed     bool // a successor took over
-	stopped    bool
-	ready      bool
-	pred       *peer
-	succ       *peer
+	// anyPort lists, in the predecessor's order, its sockets bound for a
+	// port 0 key, which this process's port 0 keys of the same address
+	// take over; ephemeral holds this process's own, for its successor.
+	anyPort       []Key
+	ephemeral     map[Key]bool
+	ephemeralLive int // len(ephemeral) at its last pruning
+	upgrading     bool
+	announced     bool // Ready has told the service manager and the PID file
+	handed        bool // a successor took over
+	stopped       bool
+	ready         bool
+	pred          *peer
+	succ          *peer
 
 	hsMu       sync.Mutex
 	handshakes map[*handshake]struct{}
@@ -99,6 +110,9 @@ type Upgrader struct {
 
 	predGone chan struct{} // closed once no predecessor is left
 	exit     chan struct{} // closed at the hand-over to a successor
+	exited   bool          // exit is closed
+	resumed  chan struct{} // closed when the successor of the last hand-over died
+	starting *peer         // a successor not yet ready
 }
 
 // routeState is what the receive path needs to know, replaced as a whole
@@ -112,6 +126,7 @@ type routeState struct {
 // peer is the other process of an upgrade.
 type peer struct {
 	gen  uint16
+	pid  int
 	ctrl *net.UnixConn
 	fwd  *net.UnixConn // forwarded datagrams, both ways
 	raw  syscall.RawConn
@@ -129,6 +144,21 @@ type upgradeOptions struct {
 	pidFile      string
 	log          *slog.Logger
 	noSupervisor bool
+}
+
+// WithUpgradeLogger makes the Upgrader log through l what an operator
+// wants to know about upgrades: successors started (Info), ready (Info)
+// and failed before ready (Error), a successor that exited after taking
+// over (Error), and predecessors gone (Info). Each record carries this
+// process's pid and process generation ("pid", "process_generation"), and
+// the other process's where there is one ("peer_pid", "peer_generation").
+// Without this option the Upgrader is silent.
+func WithUpgradeLogger(l *slog.Logger) UpgradeOption {
+	return func(o *upgradeOptions) {
+		if l != nil {
+			o.log = l
+		}
+	}
 }
 
 // WithUpgradeCommand sets the function that returns the successor's command,
@@ -165,9 +195,14 @@ func WithUpgrader(u *Upgrader) Option {
 	return func(o *options) { o.upgrader = u }
 }
 
+// upgraderMade records the NewUpgrader call of this process.
+var upgraderMade atomic.Bool
+
 // NewUpgrader returns the Upgrader of this process. In a process started by
 // Upgrade it connects to the predecessor and receives its sockets; call it
-// once, early in main, before the pools it serves bind anything.
+// once, early in main, before the pools it serves bind anything. A second
+// call fails with ErrUpgraderExists, also after the first failed or its
+// Upgrader stopped.
 //
 // In the first process of a PID namespace (PID 1 of a container), whose
 // exit would kill every other process of the namespace and with them the
@@ -187,6 +222,19 @@ func WithUpgrader(u *Upgrader) Option {
 // generation stops; a unit with Type=notify follows its upgrades. See
 // WithPIDFile for units with PIDFile=.
 func NewUpgrader(opts ...UpgradeOption) (*Upgrader, error) {
+	if upgraderMade.Swap(true) {
+		return nil, ErrUpgraderExists
+	}
+	env, ok := os.LookupEnv(upgradeEnv)
+	if ok {
+		os.Unsetenv(upgradeEnv) // not for the successor's own children
+	}
+	return newUpgrader(env, ok, opts...)
+}
+
+// newUpgrader builds an Upgrader, of a successor if started is set (with
+// env the value of upgradeEnv), of a first generation otherwise.
+func newUpgrader(env string, started bool, opts ...UpgradeOption) (*Upgrader, error) {
 	u := &Upgrader{
 		opts:       upgradeOptions{readyTimeout: time.Minute, log: discardLogger},
 		conns:      make(map[string]*forwardConn),
@@ -197,15 +245,16 @@ func NewUpgrader(opts ...UpgradeOption) (*Upgrader, error) {
 		predKeys:   make(map[Key]bool),
 		predInodes: make(map[Key]uint64),
 		inherited:  make(map[Key]*os.File),
+		ephemeral:  make(map[Key]bool),
 		predGone:   make(chan struct{}),
 		exit:       make(chan struct{}),
+		resumed:    make(chan struct{}),
 		handshakes: make(map[*handshake]struct{}),
 	}
 	for _, o := range opts {
 		o(&u.opts)
 	}
-	env, ok := os.LookupEnv(upgradeEnv)
-	if !ok {
+	if !started {
 		if !u.opts.noSupervisor {
 			u.superviseIfPID1() // in PID 1, never returns
 		}
@@ -216,15 +265,22 @@ func NewUpgrader(opts ...UpgradeOption) (*Upgrader, error) {
 		u.gen = 1
 		u.codec = newCIDCodec(u.key)
 		u.ready = true
+		u.log = u.opts.log.With(slog.Int("pid", os.Getpid()), processGenAttr(u.gen))
 		close(u.predGone)
 		u.publish()
 		return u, nil
 	}
-	os.Unsetenv(upgradeEnv) // not for the successor's own children
+	u.log = u.opts.log.With(slog.Int("pid", os.Getpid()))
 	if err := u.connectPredecessor(env); err != nil {
 		return nil, fmt.Errorf("udppool: upgrade from predecessor: %w", err)
 	}
 	return u, nil
+}
+
+func processGenAttr(gen uint16) slog.Attr { return slog.Uint64("process_generation", uint64(gen)) }
+
+func peerAttrs(s *peer) []any {
+	return []any{slog.Int("peer_pid", s.pid), slog.Uint64("peer_generation", uint64(s.gen))}
 }
 
 // predecessorInode returns the inode of the predecessor's socket for k,
@@ -244,8 +300,28 @@ func (u *Upgrader) predecessorInode(k Key) uint64 {
 func (u *Upgrader) Generation() uint16 { return u.gen }
 
 // Exit returns a channel that is closed when a successor has taken over:
-// stop accepting, let connections finish, call Stop and exit.
-func (u *Upgrader) Exit() <-chan struct{} { return u.exit }
+// stop accepting, let connections finish, call Stop and exit. After
+// Resumed's channel closes it returns a new channel, for the next
+// hand-over.
+func (u *Upgrader) Exit() <-chan struct{} {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.exit
+}
+
+// Resumed returns a channel that is closed when the successor of the last
+// hand-over exits before this process has called Stop: this process then
+// takes every new handshake again, as before the upgrade (the kernel and
+// the forwarding send them here within a moment of the successor's death),
+// and may Upgrade again. An application that stopped accepting at Exit
+// listens again; the connections it drains are not affected. Call it after
+// Exit's channel has closed: before, it returns a channel that never
+// closes.
+func (u *Upgrader) Resumed() <-chan struct{} {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.resumed
+}
 
 // HasPredecessor reports whether an older generation still runs.
 func (u *Upgrader) HasPredecessor() bool {
@@ -267,11 +343,9 @@ func (u *Upgrader) publish() {
 		st.peer = u.pred
 	}
 	u.state.Store(st)
-	u.connsMu.Lock()
-	for _, f := range u.conns {
+	for _, f := range u.transports() {
 		f.kick()
 	}
-	u.connsMu.Unlock()
 }
 
 func (u *Upgrader) register(p *Pool) {
@@ -326,6 +400,79 @@ func (u *Upgrader) bind(ctx context.Context, k Key, o bindOpts) (*socket, error)
 	return s, nil
 }
 
+// bindNew binds the socket of a port 0 key k for p.
+func (p *Pool) bindNew(ctx context.Context, k Key, o acquireOpts) (*socket, error) {
+	if u := p.opts.upgrader; u != nil {
+		return u.bindNew(ctx, k, p.bindOpts(k, o))
+	}
+	return bind(ctx, k, p.bindOpts(k, o))
+}
+
+// bindNew binds a socket for the port 0 key k. A successor takes over the
+// predecessor's socket that was bound for the same key, so that an
+// upgrade keeps the port the kernel chose: such a socket is in no
+// reuseport group, and the generations share it.
+func (u *Upgrader) bindNew(ctx context.Context, k Key, o bindOpts) (*socket, error) {
+	u.mu.Lock()
+	var from Key
+	var f *os.File
+	for i, ik := range u.anyPort {
+		if ik.Network == k.Network && ik.Addr.Addr() == k.Addr.Addr() && u.inherited[ik] != nil {
+			from, f = ik, u.inherited[ik]
+			u.anyPort = slices.Delete(u.anyPort, i, i+1)
+			break
+		}
+	}
+	u.mu.Unlock()
+	var s *socket
+	var err error
+	if f != nil {
+		s, err = u.adopt(from, f)
+	} else {
+		s, err = bind(ctx, k, o)
+	}
+	if err != nil {
+		return nil, err
+	}
+	lk := s.localKey(k)
+	u.mu.Lock()
+	u.ephemeral[lk] = true
+	prune := len(u.ephemeral) >= 2*u.ephemeralLive+16
+	u.mu.Unlock()
+	if prune {
+		u.pruneEphemeral(lk)
+	}
+	return s, nil
+}
+
+// pruneEphemeral forgets the port 0 sockets closed since, once their
+// number has doubled: temporary transports of Pool.Dial come and go.
+// The socket of keep is not in its pool yet.
+func (u *Upgrader) pruneEphemeral(keep Key) {
+	u.mu.Lock()
+	pools := slices.Clone(u.pools)
+	u.mu.Unlock()
+	live := map[Key]bool{keep: true}
+	for _, p := range pools { // Pool.mu is taken before u.mu, never under it
+		p.mu.Lock()
+		for k := range p.entries {
+			live[k] = true
+		}
+		p.mu.Unlock()
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	n := 0
+	for k := range u.ephemeral {
+		if !live[k] {
+			delete(u.ephemeral, k)
+		} else {
+			n++
+		}
+	}
+	u.ephemeralLive = n
+}
+
 // adopt turns the predecessor's socket of k into this process's.
 func (u *Upgrader) adopt(k Key, f *os.File) (*socket, error) {
 	pc, err := net.FilePacketConn(f)
@@ -361,13 +508,19 @@ func (u *Upgrader) steer(k Key, raw syscall.RawConn) error {
 		// the datagrams of a plain socket go to the newest generation.
 		prog = steerProgram([]uint16{u.pred.gen, u.gen}, 1, u.predQUIC[k])
 	case u.joined[k] && u.pred != nil:
-		return nil // the predecessor's program sends everything to it
+		// Not ready: the predecessor's own program, which sends
+		// everything to it. Attaching it, rather than leaving the group's
+		// as it is, also undoes a ready program of a Ready that failed.
+		prog = steerProgram([]uint16{u.pred.gen}, 0, false)
 	}
-	if err := attachSteering(raw, prog); err != nil {
+	if err := attachProgram(raw, prog); err != nil {
 		return fmt.Errorf("steering %v: %w", k, err)
 	}
 	return nil
 }
+
+// attachProgram is attachSteering, replaced by tests that make it fail.
+var attachProgram = attachSteering
 
 // resteer recomputes the programs of every socket this process holds.
 // u.mu must be held.
@@ -409,9 +562,11 @@ func (u *Upgrader) Ready() error {
 	u.ready = true
 	u.publish()
 	if err := u.resteer(); err != nil {
+		// Every group back to the predecessor's program, also those that
+		// took this process's before one failed.
 		u.ready = false
 		u.publish()
-		return err
+		return errors.Join(err, u.resteer())
 	}
 	if u.pred != nil {
 		// The ready message lists the sockets this process took over from
@@ -469,10 +624,28 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 	u.notifyReloading()
 	s, err := u.start(ctx)
 	if err != nil {
+		u.log.Error("udppool: starting a successor failed", slog.Any("cause", err))
 		u.notifyUpgradeFailed(err)
 		return fmt.Errorf("udppool: upgrade: %w", err)
 	}
-	if err := u.awaitReady(ctx, s); err != nil {
+	u.log.Info("udppool: successor started", peerAttrs(s)...)
+	u.mu.Lock()
+	u.starting = s // for Stop to end
+	stopped := u.stopped
+	u.mu.Unlock()
+	err = ErrUpgraderStopped
+	if !stopped {
+		err = u.awaitReady(ctx, s)
+	}
+	if err != nil {
+		u.mu.Lock()
+		u.starting = nil
+		if u.stopped {
+			err = errors.Join(ErrUpgraderStopped, err)
+		}
+		u.mu.Unlock()
+		u.log.Error("udppool: successor failed before ready; this process serves on",
+			append(peerAttrs(s), slog.Any("cause", err))...)
 		s.kill()
 		u.notifyUpgradeFailed(err)
 		u.mu.Lock()
@@ -482,13 +655,29 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 		u.mu.Unlock()
 		return errors.Join(fmt.Errorf("udppool: upgrade: %w: %w", ErrUpgradeFailed, err), rerr)
 	}
-	// The service manager must know the successor before this process
-	// can exit.
-	u.notifyHandOver(s.cmd.Process.Pid)
 	u.mu.Lock()
+	stopped = u.stopped
+	u.mu.Unlock()
+	if !stopped {
+		// The service manager must know the successor before this
+		// process can exit.
+		u.notifyHandOver(s.pid)
+	}
+	u.mu.Lock()
+	u.starting = nil
+	if u.stopped {
+		// Stop came first: this process ends without a hand-over, and so
+		// does the upgrade it began.
+		u.mu.Unlock()
+		u.log.Info("udppool: successor ready after Stop; ending it", peerAttrs(s)...)
+		s.kill()
+		return ErrUpgraderStopped
+	}
+	u.log.Info("udppool: successor ready; handing over", peerAttrs(s)...)
 	s.release()
 	u.succ = s
 	u.handed = true
+	u.resumed = make(chan struct{})
 	u.publish()
 	u.mu.Unlock()
 	go u.receive(s)
@@ -496,7 +685,15 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 	// New handshakes go to the successor from now on; those already begun
 	// here finish here before the application closes its listeners.
 	u.settle()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.succ != s {
+		// It died while this process settled: watch took the handshakes
+		// back, and the application has nothing to leave.
+		return fmt.Errorf("udppool: upgrade: %w: successor exited right after ready", ErrUpgradeFailed)
+	}
 	close(u.exit)
+	u.exited = true
 	return nil
 }
 
@@ -518,6 +715,7 @@ func (u *Upgrader) awaitReady(ctx context.Context, s *peer) error {
 	case b != msgReady:
 		return fmt.Errorf("unexpected control message %q", b)
 	}
+	taken := make(map[string]bool)
 	for {
 		line, err := r.ReadString('\n')
 		if err != nil {
@@ -526,15 +724,23 @@ func (u *Upgrader) awaitReady(ctx context.Context, s *peer) error {
 		if line == "\n" {
 			break
 		}
-		if f := u.lookup(strings.TrimSuffix(line, "\n")); f != nil {
-			f.shared.Store(true)
-		}
+		taken[strings.TrimSuffix(line, "\n")] = true
 	}
-	s.ctrl.SetReadDeadline(time.Time{})
+	if err := s.ctrl.SetReadDeadline(time.Time{}); err != nil {
+		return err
+	}
+	// Only the sockets this successor took over are shared; one that an
+	// earlier successor took over and this one binds anew is not.
+	for _, f := range u.transports() {
+		f.shared.Store(taken[f.keyStr])
+	}
 	return nil
 }
 
-// watch notices the successor's exit.
+// watch notices the successor's exit. One that exits before this process
+// has stopped leaves the port to it: this process takes new handshakes
+// back, its own program steers them here again, and it reads its shared
+// sockets again.
 func (u *Upgrader) watch(s *peer) {
 	var b [1]byte
 	for {
@@ -543,12 +749,41 @@ func (u *Upgrader) watch(s *peer) {
 		}
 	}
 	close(s.gone)
-	u.mu.Lock()
-	if u.succ == s {
-		u.succ = nil
-		u.publish()
+	if u.successorGone(s) {
+		// The service manager took the successor for the main process.
+		u.notifyResumed()
 	}
-	u.mu.Unlock()
+}
+
+// successorGone forgets successor s, which has exited, and takes the port
+// back unless this process has stopped; it reports whether it did.
+func (u *Upgrader) successorGone(s *peer) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.succ != s {
+		return false
+	}
+	u.succ = nil
+	s.close()
+	if u.stopped {
+		u.publish()
+		return false
+	}
+	u.log.Error("udppool: successor exited after taking over; this process takes new handshakes back", peerAttrs(s)...)
+	u.handed = false
+	for _, f := range u.transports() {
+		f.shared.Store(false)
+	}
+	u.publish()
+	if err := u.resteer(); err != nil {
+		u.log.Error("udppool: steering back to this process failed", slog.Any("cause", err))
+	}
+	if u.exited {
+		u.exit = make(chan struct{})
+		u.exited = false
+		close(u.resumed)
+	}
+	return true
 }
 
 // watchPredecessor waits until the predecessor has closed its sockets (or
@@ -573,6 +808,7 @@ func (u *Upgrader) predecessorGone() {
 	}
 	u.pred = nil
 	s.close()
+	u.log.Info("udppool: predecessor gone; this process serves alone", peerAttrs(s)...)
 	for k, f := range u.inherited {
 		f.Close()
 		delete(u.inherited, k)
@@ -580,7 +816,11 @@ func (u *Upgrader) predecessorGone() {
 	// Alone now: each socket of this process is the only one, at index 0,
 	// and must keep later joiners off until they are ready.
 	clear(u.joined)
-	u.resteer()
+	if err := u.resteer(); err != nil {
+		// The kernel falls back to hashing where a program names the gone
+		// predecessor's index; the other generation's IDs are forwarded.
+		u.log.Error("udppool: steering to this process alone failed", slog.Any("cause", err))
+	}
 	u.publish()
 	close(u.predGone)
 }
@@ -595,6 +835,9 @@ func (u *Upgrader) Stop() error {
 		return ErrUpgraderStopped
 	}
 	u.stopped = true
+	if s := u.starting; s != nil {
+		s.ctrl.SetReadDeadline(pastDeadline) // Upgrade ends it
+	}
 	pools := slices.Clone(u.pools)
 	last := !u.handed
 	u.mu.Unlock()
@@ -682,18 +925,21 @@ func (u *Upgrader) handshakeEnd(h *handshake) {
 // settle waits until quic-go has seen every datagram this process kept
 // before the hand-over and the handshakes they began have ended, or until
 // settleMax has passed.
-func (u *Upgrader) settle() {
-	deadline := time.NewTimer(settleMax)
-	defer deadline.Stop()
-	u.connsMu.Lock()
-	var conns []*forwardConn
-	for _, f := range u.conns {
-		conns = append(conns, f)
+func (u *Upgrader) settle() { u.settleFor(settleMax) }
+
+// settleFor is settle with one deadline, max from now, for every wait in
+// it: the transports flush side by side, and one that never answers (no
+// quic-go server reads it) costs the others nothing.
+func (u *Upgrader) settleFor(max time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), max)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, f := range u.transports() {
+		if f.serving() {
+			wg.Go(func() { f.flush(ctx.Done()) })
+		}
 	}
-	u.connsMu.Unlock()
-	for _, f := range conns {
-		f.flush(deadline.C)
-	}
+	wg.Wait()
 	u.hsMu.Lock()
 	if len(u.handshakes) == 0 {
 		u.hsMu.Unlock()
@@ -704,6 +950,11 @@ func (u *Upgrader) settle() {
 	u.hsMu.Unlock()
 	select {
 	case <-ch:
-	case <-deadline.C:
+	case <-ctx.Done():
+		u.hsMu.Lock()
+		if u.hsSettled == ch {
+			u.hsSettled = nil
+		}
+		u.hsMu.Unlock()
 	}
 }

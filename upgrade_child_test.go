@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"net"
 	"os"
 	"os/signal"
 	"strconv"
@@ -91,13 +92,25 @@ func upgradeChild(port string) error {
 	if err != nil {
 		return err
 	}
+	fmt.Printf("bound pid %d gen %d port %d\n", pid, gen, tr.LocalAddr().(*net.UDPAddr).Port)
 	if f := os.Getenv(upgradeFailEnv); f != "" && u.HasPredecessor() {
 		if data, err := os.ReadFile(f); err == nil {
 			os.Remove(f)
-			if strings.TrimSpace(string(data)) == "hang" {
+			how := strings.TrimSpace(string(data))
+			switch {
+			case how == "hang":
 				select {} // never ready: the predecessor's timeout kills us
+			case strings.HasPrefix(how, "wait "):
+				// Ready once the test has created the file named.
+				for {
+					if _, err := os.Stat(strings.TrimPrefix(how, "wait ")); err == nil {
+						break
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+			default:
+				os.Exit(3) // bound, joined, and dead before ready
 			}
-			os.Exit(3) // bound, joined, and dead before ready
 		}
 	}
 	var draining atomic.Bool

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -25,6 +26,7 @@ import (
 // generation, the connection ID secret and the sockets, whose descriptors
 // travel with it in the same order.
 type hello struct {
+	PredPid int
 	Gen     uint16
 	PredGen uint16
 	Key     []byte
@@ -35,6 +37,7 @@ type helloSocket struct {
 	Network string
 	Addr    string
 	QUIC    bool // the predecessor serves QUIC on it
+	AnyPort bool // bound for a port 0 key
 }
 
 // helloTimeout bounds the successor's wait for the hello, which the
@@ -77,7 +80,7 @@ func (u *Upgrader) start(ctx context.Context) (*peer, error) {
 		s.close()
 		return nil, fmt.Errorf("starting successor: %w", err)
 	}
-	s.cmd = cmd
+	s.cmd, s.pid = cmd, cmd.Process.Pid
 	if err := u.sendHello(s); err != nil {
 		s.kill()
 		return nil, fmt.Errorf("handing sockets to the successor: %w", err)
@@ -146,7 +149,7 @@ func fileUnixConn(f *os.File) (*net.UnixConn, error) {
 // sendHello sends the hello with duplicates of the descriptors of every
 // socket of u's pools.
 func (u *Upgrader) sendHello(s *peer) error {
-	h := hello{Gen: s.gen, PredGen: u.gen, Key: u.key[:]}
+	h := hello{PredPid: os.Getpid(), Gen: s.gen, PredGen: u.gen, Key: u.key[:]}
 	var fds []int
 	defer func() {
 		for _, fd := range fds {
@@ -155,6 +158,7 @@ func (u *Upgrader) sendHello(s *peer) error {
 	}()
 	u.mu.Lock()
 	pools := append([]*Pool(nil), u.pools...)
+	ephemeral := maps.Clone(u.ephemeral)
 	u.mu.Unlock()
 	for _, p := range pools {
 		p.mu.Lock()
@@ -170,7 +174,7 @@ func (u *Upgrader) sendHello(s *peer) error {
 				continue // closing: nothing to hand over
 			}
 			fds = append(fds, fd)
-			h.Sockets = append(h.Sockets, helloSocket{Network: e.key.Network, Addr: e.key.Addr.String(), QUIC: e.qt != nil})
+			h.Sockets = append(h.Sockets, helloSocket{Network: e.key.Network, Addr: e.key.Addr.String(), QUIC: e.qt != nil, AnyPort: ephemeral[e.key]})
 		}
 		p.mu.Unlock()
 	}
@@ -232,7 +236,8 @@ func (u *Upgrader) connectPredecessor(env string) error {
 	}
 	copy(u.key[:], h.Key)
 	u.codec = newCIDCodec(u.key)
-	u.gen, s.gen = h.Gen, h.PredGen
+	u.gen, s.gen, s.pid = h.Gen, h.PredGen, h.PredPid
+	u.log = u.log.With(processGenAttr(u.gen))
 	for i, hs := range h.Sockets {
 		ap, err := netip.ParseAddrPort(hs.Addr)
 		if err != nil {
@@ -240,12 +245,19 @@ func (u *Upgrader) connectPredecessor(env string) error {
 			continue
 		}
 		k := Key{Network: hs.Network, Addr: ap}
+		if u.inherited[k] != nil { // named twice: keep the first
+			files[i].Close()
+			continue
+		}
 		u.inherited[k] = files[i]
 		if rc, err := files[i].SyscallConn(); err == nil {
 			u.predInodes[k], _ = socketInode(rc)
 		}
 		u.predKeys[k] = true
 		u.predQUIC[k] = hs.QUIC
+		if hs.AnyPort {
+			u.anyPort = append(u.anyPort, k)
+		}
 	}
 	u.pred = s
 	u.publish()
@@ -254,27 +266,43 @@ func (u *Upgrader) connectPredecessor(env string) error {
 	return nil
 }
 
+// maxHelloFDs bounds the descriptors of a hello: SCM_MAX_FD, Linux's
+// limit for one message, with room to spare.
+const maxHelloFDs = 1024
+
 // readHello reads the hello and the descriptors that come with it.
 func readHello(ctrl *net.UnixConn) (hello, []*os.File, error) {
+	return readHelloFDs(ctrl, maxHelloFDs)
+}
+
+// readHelloFDs is readHello with room for maxFDs descriptors. Every
+// descriptor received is closed again unless the hello is returned.
+func readHelloFDs(ctrl *net.UnixConn, maxFDs int) (hello, []*os.File, error) {
 	ctrl.SetReadDeadline(time.Now().Add(helloTimeout))
 	defer ctrl.SetReadDeadline(time.Time{})
 	buf := make([]byte, 64<<10)
-	oob := make([]byte, unix.CmsgSpace(4*1024))
-	n, oobn, _, _, err := ctrl.ReadMsgUnix(buf, oob)
+	oob := make([]byte, unix.CmsgSpace(4*maxFDs))
+	n, oobn, flags, _, err := ctrl.ReadMsgUnix(buf, oob)
 	if err != nil {
 		return hello{}, nil, err
 	}
 	var files []*os.File
-	cmsgs, err := unix.ParseSocketControlMessage(oob[:oobn])
-	if err != nil {
-		return hello{}, nil, err
-	}
-	for _, cm := range cmsgs {
-		fds, err := unix.ParseUnixRights(&cm)
+	// Parse one message at a time, so that one that fails to parse
+	// leaves the descriptors of those before it to close.
+	var perr error
+	for rest := oob[:oobn]; len(rest) > 0; {
+		hdr, data, next, err := unix.ParseOneSocketControlMessage(rest)
 		if err != nil {
+			perr = err
+			break
+		}
+		rest = next
+		if hdr.Level != unix.SOL_SOCKET || hdr.Type != unix.SCM_RIGHTS {
 			continue
 		}
-		for _, fd := range fds {
+		for len(data) >= 4 {
+			fd := int(int32(binary.NativeEndian.Uint32(data)))
+			data = data[4:]
 			unix.CloseOnExec(fd)
 			files = append(files, os.NewFile(uintptr(fd), "udppool-inherited"))
 		}
@@ -284,6 +312,12 @@ func readHello(ctrl *net.UnixConn) (hello, []*os.File, error) {
 			f.Close()
 		}
 		return hello{}, nil, err
+	}
+	switch {
+	case perr != nil:
+		return fail(fmt.Errorf("control message of the hello: %w", perr))
+	case flags&unix.MSG_CTRUNC != 0:
+		return fail(fmt.Errorf("hello: descriptors truncated (%d received): more sockets than %d, or this process's descriptor limit reached", len(files), maxFDs))
 	}
 	if n < 4 {
 		if _, err := io.ReadFull(ctrl, buf[n:4]); err != nil {

@@ -11,7 +11,9 @@
 // Each response names the serving process and its generation. Every
 // generation prints a line starting with "ready" when it serves, to the
 // same output, and one starting with "exit" when it leaves. SIGINT and
-// SIGTERM drain and exit the same way, without a successor.
+// SIGTERM drain and exit the same way, without a successor. Signals during
+// a drain change nothing (a SIGHUP is refused with a line saying so), and
+// a SIGHUP during an upgrade is refused.
 package main
 
 import (
@@ -90,8 +92,11 @@ func run(listen, certFile, keyFile, pidFile string, drain time.Duration) error {
 	}
 	fmt.Printf("ready https://%s/ pid %d gen %d\n", tr.LocalAddr(), pid, gen)
 
+	// The signals stay caught until this process exits: one that came
+	// during the drain would otherwise kill it (the default action).
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
 wait:
 	for {
 		select {
@@ -101,7 +106,11 @@ wait:
 			}
 			go func() {
 				// A failed successor changes nothing here: serve on.
-				if err := upg.Upgrade(context.Background()); err != nil {
+				err := upg.Upgrade(context.Background())
+				switch {
+				case errors.Is(err, udppool.ErrUpgradeInProgress):
+					fmt.Printf("upgrade refused pid %d gen %d: an upgrade is in progress\n", pid, gen)
+				case err != nil:
 					fmt.Printf("upgrade failed pid %d gen %d: %v\n", pid, gen, err)
 				}
 			}()
@@ -109,11 +118,25 @@ wait:
 			break wait
 		}
 	}
-	signal.Stop(sigs)
 	// A GOAWAY to every connection, requests in flight finish; those
-	// still open when the grace period ends are closed.
+	// still open when the grace period ends are closed. Signals now
+	// change nothing: the drain finishes.
+	fmt.Printf("draining pid %d gen %d\n", pid, gen)
 	ctx, cancel := context.WithTimeout(context.Background(), drain)
-	srv.Shutdown(ctx)
+	shut := make(chan error, 1)
+	go func() { shut <- srv.Shutdown(ctx) }()
+	for draining := true; draining; {
+		select {
+		case <-shut:
+			draining = false
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				fmt.Printf("upgrade refused pid %d gen %d: draining\n", pid, gen)
+			} else {
+				fmt.Printf("%v pid %d gen %d: the drain finishes first\n", sig, pid, gen)
+			}
+		}
+	}
 	cancel()
 	ds := <-drained
 	tr.Close()

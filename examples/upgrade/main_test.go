@@ -28,6 +28,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 	"go.uber.org/goleak"
 	"golang.org/x/net/nettest"
@@ -481,4 +482,54 @@ func (s *servers) stop() {
 	case <-time.After(testTimeout):
 		s.t.Errorf("servers' output still open:\n%s", s.output())
 	}
+}
+
+// TestSignalsDuringDrain signals the first server while it drains, with a
+// connection held open so that the drain lasts: a SIGHUP is refused with
+// a line, SIGTERM and SIGINT let the drain finish, and the server exits 0
+// (before, signal.Stop restored the default action and they killed it).
+func TestSignalsDuringDrain(t *testing.T) {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Skipf("cannot become a subreaper to reap the successor: %v", err)
+	}
+	t.Cleanup(func() { unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) })
+	if !nettest.SupportsIPv4() {
+		t.Skip("no IPv4 loopback")
+	}
+	bin := build(t)
+	certFile, keyFile, roots := certificateFiles(t)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t, "127.0.0.1")))
+	s := start(t, bin, "-listen", addr, "-cert", certFile, "-key", keyFile, "-drain", "1m")
+	first := s.wait("ready", 1)
+	// A QUIC connection that speaks no HTTP/3 keeps the drain going until
+	// the test closes it.
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	held, err := quic.DialAddr(ctx, addr, &tls.Config{RootCAs: roots, NextProtos: []string{http3.NextProtoH3}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.CloseWithError(0, "")
+
+	syscall.Kill(first.pid, syscall.SIGHUP)
+	next := s.wait("ready", 2)
+	s.wait("draining", 1)
+	syscall.Kill(first.pid, syscall.SIGHUP)
+	s.wait("upgrade refused", 1)
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		syscall.Kill(first.pid, sig)
+		s.wait(sig.String(), 1)
+	}
+	if a := freshGet(t, roots, "https://"+addr+"/"); a != next.answer {
+		t.Errorf("new connection during the drain answered by %+v, want %+v", a, next.answer)
+	}
+	held.CloseWithError(0, "")
+	e := s.wait("exit", 1)
+	if !strings.Contains(e.line, ": 0 of ") {
+		t.Errorf("first server did not drain: %s", e.line)
+	}
+	s.reap(first.pid)
+	syscall.Kill(next.pid, syscall.SIGTERM)
+	s.wait("exit", 2)
+	s.reap(next.pid)
 }

@@ -1,0 +1,323 @@
+package udppool
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"golang.org/x/sys/unix"
+)
+
+// inProc is an upgrade whose first generation is the test process itself
+// (an Upgrader made by newTestUpgrader, serving on a pool of the test) and
+// whose successors are child processes running upgradeChild, so that a
+// test can act on the predecessor's Upgrader between the steps of a
+// hand-over.
+type inProc struct {
+	*upgradeServers
+	u       *Upgrader
+	pool    *Pool
+	tr      *Transport
+	failDir string
+	logs    *syncBuffer
+
+	mu   sync.Mutex
+	cmds []*exec.Cmd
+}
+
+// startInProc makes the test's Upgrader and its pool's transport on a free
+// dual-stack port. Every successor started is killed at cleanup.
+func startInProc(t *testing.T, opts ...UpgradeOption) *inProc {
+	t.Helper()
+	return startInProcOn(t, false, opts...)
+}
+
+// startInProcOn is startInProc where, with anyPort, every generation asks
+// for port 0.
+func startInProcOn(t *testing.T, anyPort bool, opts ...UpgradeOption) *inProc {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	asked := 0
+	if !anyPort {
+		asked = int(freePort(t))
+	}
+	ip := &inProc{
+		upgradeServers: &upgradeServers{t: t, port: uint16(asked), changed: make(chan struct{}), done: make(chan struct{})},
+		failDir:        t.TempDir(),
+		logs:           &syncBuffer{},
+	}
+	out, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ip.read(out)
+	command := func(ctx context.Context) (*exec.Cmd, error) {
+		cmd := exec.Command(exe, "-test.run=^$")
+		cmd.Env = append(os.Environ(),
+			upgradeChildEnv+"="+strconv.Itoa(asked),
+			upgradeDrainEnv+"=1s",
+			upgradeFailEnv+"="+filepath.Join(ip.failDir, "fail"),
+		)
+		cmd.Stdout, cmd.Stderr = w, os.Stderr
+		ip.mu.Lock()
+		ip.cmds = append(ip.cmds, cmd)
+		ip.mu.Unlock()
+		return cmd, nil
+	}
+	opts = append([]UpgradeOption{WithUpgradeCommand(command), WithReadyTimeout(testTimeout),
+		WithUpgradeLogger(slog.New(slog.NewTextHandler(ip.logs, nil)))}, opts...)
+	ip.u = newTestUpgrader(t, opts...)
+	ip.pool = New(WithUpgrader(ip.u))
+	ip.tr, err = ip.pool.Transport(context.Background(), "udp", ":"+strconv.Itoa(asked))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip.port = uint16(ip.tr.LocalAddr().(*net.UDPAddr).Port)
+	t.Cleanup(func() {
+		ip.tr.Close()
+		ip.u.Stop()
+		ip.pool.Close()
+		ip.mu.Lock()
+		cmds := ip.cmds
+		ip.mu.Unlock()
+		// Released after a hand-over or not, each successor is a child of
+		// this process: kill and reap it by pid.
+		for _, pid := range ip.pids() {
+			syscall.Kill(pid, syscall.SIGKILL)
+			var ws unix.WaitStatus
+			unix.Wait4(pid, &ws, 0, nil)
+		}
+		_ = cmds
+		w.Close()
+		select {
+		case <-ip.done:
+		case <-time.After(testTimeout):
+			t.Errorf("successors' output still open")
+		}
+	})
+	return ip
+}
+
+// pids returns the successors' pids, from their "bound" lines.
+func (ip *inProc) pids() []int {
+	ip.upgradeServers.mu.Lock()
+	defer ip.upgradeServers.mu.Unlock()
+	var pids []int
+	for _, l := range ip.lines {
+		if sl, ok := parseServerLine(l); ok && sl.word == "bound" {
+			pids = append(pids, sl.pid)
+		}
+	}
+	return pids
+}
+
+// serve runs a listener on ip.tr that answers "pid N gen 1"; closing the
+// listener (or Shutdown) ends it.
+func (ip *inProc) serve() *Listener {
+	ip.t.Helper()
+	ln, err := ip.tr.Listen(&tls.Config{Certificates: []tls.Certificate{testServerCert(ip.t)}, NextProtos: []string{testALPN}},
+		&quic.Config{MaxIdleTimeout: 30 * time.Second})
+	if err != nil {
+		ip.t.Fatal(err)
+	}
+	answer := func() string { return fmt.Sprintf("pid %d gen %d", os.Getpid(), ip.u.Generation()) }
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			conn, err := ln.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			go serveConn(conn, answer)
+		}
+	})
+	ip.t.Cleanup(func() { ln.Close(); wg.Wait() })
+	return ln
+}
+
+// upgradeAsync runs Upgrade and returns its result's channel.
+func (ip *inProc) upgradeAsync() <-chan error {
+	ch := make(chan error, 1)
+	go func() { ch <- ip.u.Upgrade(context.Background()) }()
+	return ch
+}
+
+func waitErr(t *testing.T, ch <-chan error, what string) error {
+	t.Helper()
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(testTimeout):
+		t.Fatalf("%s: no result after %v", what, testTimeout)
+		return nil
+	}
+}
+
+func waitClosed(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(testTimeout):
+		t.Fatalf("%s: not after %v", what, testTimeout)
+	}
+}
+
+// requestAddr makes one request on a fresh connection.
+func requestAddr(ctx context.Context, addr string) (string, error) {
+	conn, err := dialUpgrade(ctx, addr)
+	if err != nil {
+		return "", err
+	}
+	defer conn.CloseWithError(0, "")
+	return request(ctx, conn)
+}
+
+// TestUpgradeSuccessorDiesAfterReady kills the successor after the
+// hand-over while the predecessor drains: the predecessor must learn it
+// (Resumed), take new handshakes back (fresh connections answered by it),
+// keep its connections, log it, and be able to upgrade again.
+func TestUpgradeSuccessorDiesAfterReady(t *testing.T) {
+	for _, mode := range []string{"steer", "inherit"} {
+		t.Run(mode, func(t *testing.T) {
+			ip := startInProc(t, WithInheritance(mode == "inherit"))
+			ln := ip.serve()
+			addr := fmt.Sprintf("127.0.0.1:%d", ip.port)
+			self := fmt.Sprintf("pid %d gen 1", os.Getpid())
+			ctx, cancel := context.WithTimeout(context.Background(), 2*testTimeout)
+			defer cancel()
+			old, err := dialUpgrade(ctx, addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer old.CloseWithError(0, "")
+			if a, err := request(ctx, old); err != nil || a != self {
+				t.Fatalf("before the upgrade: %q, %v", a, err)
+			}
+
+			if err := waitErr(t, ip.upgradeAsync(), "Upgrade"); err != nil {
+				t.Fatal(err)
+			}
+			next := ip.wait("ready", 2)
+			waitClosed(t, ip.u.Exit(), "Exit")
+			resumed := ip.u.Resumed()
+			go ln.Shutdown(ctx) // the drain, as an application starts it
+			if a, err := requestAddr(ctx, addr); err != nil || !strings.HasPrefix(a, fmt.Sprintf("pid %d gen 2", next.pid)) {
+				t.Fatalf("after the hand-over: %q, %v; want the successor", a, err)
+			}
+
+			syscall.Kill(next.pid, syscall.SIGKILL)
+			waitClosed(t, resumed, "Resumed after the successor died")
+			ip.serve() // listen again, as Resumed asks
+			for i := range 5 {
+				if a, err := requestAddr(ctx, addr); err != nil || a != self {
+					t.Fatalf("fresh request %d after the successor died: %q, %v; want %q", i, a, err, self)
+				}
+			}
+			if a, err := request(ctx, old); err != nil || !strings.HasPrefix(a, self) {
+				t.Errorf("the drained connection after the successor died: %q, %v", a, err)
+			}
+			if !strings.Contains(ip.logs.String(), "successor exited after taking over") {
+				t.Errorf("no log of the successor's death; log:\n%s", ip.logs)
+			}
+			// And upgrade again.
+			if err := waitErr(t, ip.upgradeAsync(), "second Upgrade"); err != nil {
+				t.Fatalf("Upgrade after the successor died: %v", err)
+			}
+			again := ip.waitCount2("ready", 2)
+			if a, err := requestAddr(ctx, addr); err != nil || !strings.HasPrefix(a, fmt.Sprintf("pid %d gen 2", again.pid)) {
+				t.Errorf("after the second hand-over: %q, %v; want pid %d", a, err, again.pid)
+			}
+		})
+	}
+}
+
+// waitCount2 returns the second line of word from gen.
+func (s *upgradeServers) waitCount2(word string, gen int) serverLine {
+	s.t.Helper()
+	s.waitCount(word, gen, 2)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, l := range s.lines {
+		if sl, ok := parseServerLine(l); ok && sl.word == word && sl.gen == gen {
+			if n++; n == 2 {
+				return sl
+			}
+		}
+	}
+	s.t.Fatal("lost a line")
+	return serverLine{}
+}
+
+// TestUpgradeStopRacesUpgrade calls Stop while a successor starts: Upgrade
+// must fail, install nothing, close no Exit, and end the successor, even
+// if the successor becomes ready after Stop.
+func TestUpgradeStopRacesUpgrade(t *testing.T) {
+	ip := startInProc(t)
+	go0 := filepath.Join(ip.failDir, "go")
+	if err := os.WriteFile(filepath.Join(ip.failDir, "fail"), []byte("wait "+go0), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	done := ip.upgradeAsync()
+	bound := ip.wait("bound", 2)
+	if err := ip.u.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(go0, nil, 0o666); err != nil { // the successor may be ready now
+		t.Fatal(err)
+	}
+	err := waitErr(t, done, "Upgrade racing Stop")
+	if !errors.Is(err, ErrUpgraderStopped) {
+		t.Errorf("Upgrade racing Stop: %v, want ErrUpgraderStopped", err)
+	}
+	ip.u.mu.Lock()
+	succ, handed := ip.u.succ, ip.u.handed
+	ip.u.mu.Unlock()
+	if succ != nil || handed {
+		t.Errorf("a successor was installed after Stop")
+	}
+	select {
+	case <-ip.u.Exit():
+		t.Errorf("Exit closed after Stop without a hand-over")
+	default:
+	}
+	if err := syscall.Kill(bound.pid, 0); err == nil {
+		// Not reaped means not ended: the Upgrader reaps what it kills.
+		t.Errorf("successor %d still runs after Upgrade returned", bound.pid)
+	}
+}
+
+// TestUpgradePortZero upgrades a server whose socket was bound for port 0:
+// the successor must serve on the port the socket got, not on a new one.
+func TestUpgradePortZero(t *testing.T) {
+	ip := startInProcOn(t, true)
+	ip.serve()
+	if err := waitErr(t, ip.upgradeAsync(), "Upgrade"); err != nil {
+		t.Fatal(err)
+	}
+	b := ip.wait("bound", 2)
+	if want := fmt.Sprintf("port %d", ip.port); b.rest != want {
+		t.Fatalf("successor bound %q, want %q (the predecessor's)", b.rest, want)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	if a, err := requestAddr(ctx, fmt.Sprintf("127.0.0.1:%d", ip.port)); err != nil || !strings.HasPrefix(a, fmt.Sprintf("pid %d gen 2", b.pid)) {
+		t.Errorf("after the upgrade: %q, %v; want the successor on port %d", a, err, ip.port)
+	}
+}
