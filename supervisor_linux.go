@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -29,6 +31,23 @@ import (
 
 // supervisedSignals are the signals a supervisor passes to the main process.
 var supervisedSignals = []os.Signal{unix.SIGHUP, unix.SIGINT, unix.SIGTERM, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2, unix.SIGWINCH}
+
+// startAsSibling makes cmd a child of this process's parent rather than of
+// this process, where a service manager follows the main process by the
+// notify protocol (systemd, or the supervisor above). systemd treats a main
+// process that is not its own child as alien: it cannot wait for it, and
+// at the unit's stop it sends SIGKILL right after SIGTERM when nothing
+// else is left in the unit, cutting the last generation's drain. A
+// successor that is systemd's child is waited for like the first process.
+func startAsSibling(cmd *exec.Cmd) {
+	if os.Getenv(systemd.NotifyEnv) == "" || os.Getpid() == 1 {
+		return // PID 1 cannot have siblings
+	}
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Cloneflags |= unix.CLONE_PARENT
+}
 
 // superviseIfPID1 runs the supervisor in PID 1 and exits with its status.
 func (u *Upgrader) superviseIfPID1() {

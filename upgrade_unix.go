@@ -72,6 +72,7 @@ func (u *Upgrader) start(ctx context.Context) (*peer, error) {
 			cmd.Env = os.Environ()
 		}
 		cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d,%d", upgradeEnv, n, n+1))
+		startAsSibling(cmd)
 		err = cmd.Start()
 	}
 	ctrlChild.Close()
@@ -355,7 +356,12 @@ func sendForward(to *peer, b []byte) {
 // kill ends a successor that failed before ready and reaps it.
 func (s *peer) kill() {
 	s.cmd.Process.Kill()
-	s.cmd.Wait()
+	if err := s.cmd.Wait(); errors.Is(err, syscall.ECHILD) {
+		// A sibling (see startAsSibling), reaped by its parent: it is
+		// gone once its end of the control socket is.
+		s.ctrl.SetReadDeadline(time.Now().Add(helloTimeout))
+		io.Copy(io.Discard, s.ctrl)
+	}
 	s.close()
 }
 
