@@ -249,6 +249,9 @@ func (s *System) Systemctl(args ...string) (string, error) {
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (%w)", ctx.Err(), err)
+		}
 		return stdout.String(), fmt.Errorf("systemctl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return stdout.String(), nil
@@ -297,9 +300,10 @@ func (s *System) WaitShow(unit string, props []string, cond func(map[string]stri
 	}
 }
 
-// UnitPIDs returns the processes of unit's control group, as pids of
-// systemd's namespace, sorted; none once the unit has stopped.
-func (s *System) UnitPIDs(unit string) ([]int, error) {
+// UnitProcesses returns the processes of unit's control group, sorted by
+// their pids in systemd's namespace (those MainPID names); none once the
+// unit has stopped.
+func (s *System) UnitProcesses(unit string) ([]Process, error) {
 	m, err := s.Show(unit, "ControlGroup")
 	if err != nil {
 		return nil, err
@@ -315,20 +319,28 @@ func (s *System) UnitPIDs(unit string) ([]int, error) {
 	if err != nil {
 		return nil, err
 	}
-	var pids []int
+	var ps []Process
 	for _, f := range strings.Fields(string(b)) {
 		hostPID, err := strconv.Atoi(f)
 		if err != nil {
 			return nil, fmt.Errorf("systemdtest: %s: %q in cgroup.procs", unit, f)
 		}
-		p, err := readProcess(hostPID)
-		if err != nil { // exited since
-			continue
+		if p, err := readProcess(hostPID); err == nil { // else exited since
+			ps = append(ps, p)
 		}
-		pids = append(pids, p.NSPID)
 	}
-	slices.Sort(pids)
-	return pids, nil
+	slices.SortFunc(ps, func(a, b Process) int { return a.NSPID - b.NSPID })
+	return ps, nil
+}
+
+// UnitPIDs returns the pids of UnitProcesses.
+func (s *System) UnitPIDs(unit string) ([]int, error) {
+	ps, err := s.UnitProcesses(unit)
+	pids := make([]int, len(ps))
+	for i, p := range ps {
+		pids[i] = p.NSPID
+	}
+	return pids, err
 }
 
 // teardown kills systemd, and with it every process of its namespace, then
@@ -339,7 +351,10 @@ func (s *System) teardown() {
 		// No journal: the units' state is what systemd can tell.
 		args := append([]string{"status", "--lines=0", "--"}, s.units...)
 		out, err := s.Systemctl(args...)
-		t.Logf("systemdtest: at the end of the failed test:\n%s%v", out, err)
+		if out == "" && err != nil { // else err is the exit status of a unit that is not active
+			out = err.Error()
+		}
+		t.Logf("systemdtest: at the end of the failed test:\n%s", out)
 	}
 	s.cancel()
 	if s.cmd != nil {
