@@ -131,6 +131,11 @@ func deployUnit(t *testing.T, name string, r unitSubst) string {
 		replace("/etc/h3up/key.pem", r.keyFile)
 		replace("-drain 30s", "-drain 2s")
 		replaceRE(listenFlag, "-listen "+r.addr)
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("%s's output:\n%s", name, readLog(r.log))
+			}
+		})
 		more := append([]string{"StandardOutput=append:" + r.log, "StandardError=append:" + r.log}, r.service...)
 		replace("[Service]\n", "[Service]\n"+strings.Join(more, "\n")+"\n")
 	}
