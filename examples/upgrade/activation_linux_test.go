@@ -94,6 +94,7 @@ func TestSocketActivate(t *testing.T) {
 	syscall.Kill(next.pid, syscall.SIGTERM)
 	s.wait("exit", 2)
 	s.reap(next.pid)
+	checkOutput(t, s.output())
 	t.Logf("systemd-socket-activate: first request answered by %+v, 1 upgrade, %d requests, %d failed; servers' output:\n%s",
 		a, requests, failed, s.output())
 }
@@ -195,6 +196,7 @@ func TestSystemdSocketUnit(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitLog(t, log, "exit", 2)
+	checkOutput(t, readLog(log))
 	if m, err := sd.Show("h3up.service", unitProps...); err != nil || m["ActiveState"] != "inactive" || m["Result"] != "success" {
 		t.Errorf("h3up.service after stop: %v, %v", m, err)
 	}

@@ -143,6 +143,7 @@ func TestPID1(t *testing.T) {
 	if left, err := systemdtest.ProcessesIn(ns); err != nil || len(left) > 0 {
 		t.Errorf("processes of the namespace left after PID 1 exited: %v, %v", left, err)
 	}
+	checkOutput(t, s.output())
 	t.Logf("PID 1: %d upgrades, %d requests, %d failed; last: %s", reloads, requests, failed, exit.line)
 	t.Logf("servers' output:\n%s", s.output())
 }

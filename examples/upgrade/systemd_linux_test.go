@@ -78,6 +78,7 @@ func TestSystemdUnits(t *testing.T) {
 				t.Errorf("after stop: %v, want inactive, result success, no restart\n%s", m, readLog(log))
 			}
 			waitUnitPIDs(t, sd, unit, nil, "after stop")
+			checkOutput(t, readLog(log))
 			t.Logf("%s: %d reloads, %d requests, %d failed; last: %s", unit, reloads, requests, failed, exit.line)
 		})
 	}
@@ -192,6 +193,18 @@ func waitLog(t *testing.T, log, word string, gen int) serverLine {
 			t.Fatalf("no %q of generation %d in %s:\n%s", word, gen, log, out)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// checkOutput fails the test if the servers' output tells of a data race
+// or a panic, which a generation's exit status would tell only to its
+// parent or to systemd, not to the test.
+func checkOutput(t *testing.T, out string) {
+	t.Helper()
+	for _, bad := range []string{"WARNING: DATA RACE", "panic: "} {
+		if strings.Contains(out, bad) {
+			t.Errorf("the servers' output has %q:\n%s", bad, out)
+		}
 	}
 }
 
