@@ -192,14 +192,7 @@ func TestSystemdSocketUnit(t *testing.T) {
 	checkUnitSocket(t, sd, port, sock, next.pid, uid, "generation 2")
 	requests, failed := l.report(t, "h3up.socket")
 
-	if _, err := sd.Systemctl("stop", "h3up.service", "h3up.socket"); err != nil {
-		t.Fatal(err)
-	}
-	waitLog(t, log, "exit", 2)
-	checkOutput(t, readLog(log))
-	if m, err := sd.Show("h3up.service", unitProps...); err != nil || m["ActiveState"] != "inactive" || m["Result"] != "success" {
-		t.Errorf("h3up.service after stop: %v, %v", m, err)
-	}
+	stop(t, sd, log, 2, "h3up.service", "h3up.socket")
 	t.Logf("h3up.socket, User=nobody, port %d: first request answered by %+v, 1 reload, %d requests, %d failed; output:\n%s",
 		port, a, requests, failed, readLog(log))
 }

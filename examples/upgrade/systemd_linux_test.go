@@ -66,22 +66,37 @@ func TestSystemdUnits(t *testing.T) {
 			}
 			requests, failed := l.report(t, unit)
 
-			if _, err := sd.Systemctl("stop", unit); err != nil {
-				t.Fatalf("stop: %v\n%s", err, readLog(log))
-			}
-			exit := waitLog(t, log, "exit", reloads+1)
-			m, err := sd.Show(unit, unitProps...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if m["ActiveState"] != "inactive" || m["Result"] != "success" || m["NRestarts"] != "0" {
-				t.Errorf("after stop: %v, want inactive, result success, no restart\n%s", m, readLog(log))
-			}
-			waitUnitPIDs(t, sd, unit, nil, "after stop")
-			checkOutput(t, readLog(log))
+			exit := stop(t, sd, log, reloads+1, unit)
 			t.Logf("%s: %d reloads, %d requests, %d failed; last: %s", unit, reloads, requests, failed, exit.line)
 		})
 	}
+}
+
+// stop stops units (the service first) with systemctl, and checks that
+// the service has stopped with success, its last generation gen having
+// drained and exited, not been killed, and returns that generation's exit
+// line.
+func stop(t *testing.T, sd *systemdtest.System, log string, gen int, units ...string) serverLine {
+	t.Helper()
+	if _, err := sd.Systemctl(append([]string{"stop"}, units...)...); err != nil {
+		t.Fatalf("stop: %v\n%s", err, readLog(log))
+	}
+	// systemctl stop returns once the unit's processes have exited.
+	out := readLog(log)
+	m, err := sd.Show(units[0], append(unitProps, "ExecMainCode", "ExecMainStatus")...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m["ActiveState"] != "inactive" || m["Result"] != "success" || m["NRestarts"] != "0" {
+		t.Errorf("after stop: %s is %v, want inactive, result success, no restart (ExecMainCode 2 is killed, 1 exited)", units[0], m)
+	}
+	waitUnitPIDs(t, sd, units[0], nil, "after stop")
+	checkOutput(t, out)
+	exit, ok := findLog(out, "exit", gen)
+	if !ok {
+		t.Errorf("after stop: no exit line of generation %d, the main process (killed, not drained?):\n%s", gen, out)
+	}
+	return exit
 }
 
 // unitSubst is what a test puts in a shipped unit file instead of the
@@ -184,16 +199,25 @@ func waitLog(t *testing.T, log, word string, gen int) serverLine {
 	bound := time.Now().Add(testTimeout)
 	for {
 		out := readLog(log)
-		for _, l := range strings.Split(out, "\n") {
-			if a, ok := parseAnswer(l); ok && strings.HasPrefix(l, word+" ") && a.gen == gen {
-				return serverLine{l, a}
-			}
+		if l, ok := findLog(out, word, gen); ok {
+			return l
 		}
 		if time.Now().After(bound) {
 			t.Fatalf("no %q of generation %d in %s:\n%s", word, gen, log, out)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// findLog returns the first line of the servers' output out that starts
+// with word and names generation gen.
+func findLog(out, word string, gen int) (serverLine, bool) {
+	for _, l := range strings.Split(out, "\n") {
+		if a, ok := parseAnswer(l); ok && strings.HasPrefix(l, word+" ") && a.gen == gen {
+			return serverLine{l, a}, true
+		}
+	}
+	return serverLine{}, false
 }
 
 // checkOutput fails the test if the servers' output tells of a data race
