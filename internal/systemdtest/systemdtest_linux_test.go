@@ -4,19 +4,27 @@ package systemdtest
 
 import (
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 )
 
 func TestMain(m *testing.M) {
+	if mode := os.Getenv(handoverEnv); mode != "" {
+		handoverMain(mode) // the test binary as a service of TestMainPIDHandOver
+	}
 	goleak.VerifyTestMain(m)
 }
 
@@ -198,6 +206,202 @@ ExecReload=/bin/kill -HUP $MAINPID
 			}
 		})
 	}
+}
+
+// TestMainPIDHandOver checks what a Type=notify hand-over needs from
+// systemd 252, with the test binary as a server that, on SIGHUP, starts a
+// successor, names it with MAINPID= (and waits on BARRIER=1 until systemd
+// has read that) and exits; on SIGTERM it says so and waits to be
+// released before it exits 0, as a server draining its connections.
+// A successor that systemd found already reparented to itself when it
+// read MAINPID= (started through a process that has exited) is stopped
+// gracefully: SIGTERM, and systemd waits for its exit. One that was still
+// the old main process's child is, in systemd 252, "not our child": at
+// stop it gets SIGTERM and at once SIGKILL, as nothing is left that
+// systemd knows how to wait for; that case is only logged.
+func TestMainPIDHandOver(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []string{"reparented", "child"} {
+		t.Run(mode, func(t *testing.T) {
+			log := filepath.Join(t.TempDir(), "log")
+			s := Boot(t, map[string]string{"handover.service": `[Unit]
+DefaultDependencies=no
+[Service]
+Type=notify
+Environment=` + handoverEnv + `=` + mode + ` ` + handoverLogEnv + `=` + log + `
+ExecStart=` + self + `
+ExecReload=/bin/kill -HUP $MAINPID
+StandardOutput=append:` + log + `.out
+StandardError=append:` + log + `.out
+`})
+			t.Cleanup(func() {
+				if t.Failed() {
+					b, _ := os.ReadFile(log)
+					out, _ := os.ReadFile(log + ".out")
+					t.Logf("log:\n%s\noutput:\n%s", b, out)
+				}
+			})
+			if _, err := s.Systemctl("start", "handover.service"); err != nil {
+				t.Fatal(err)
+			}
+			gen1 := readyPID(t, log, 1)
+			if _, err := s.Systemctl("reload", "handover.service"); err != nil {
+				t.Fatal(err)
+			}
+			gen2 := readyPID(t, log, 2)
+			waitFile(t, log, fmt.Sprintf("handed %d gen 1 to %d\n", gen1, gen2))
+			props := []string{"ActiveState", "SubState", "MainPID", "Result", "ExecMainCode", "ExecMainStatus"}
+			if _, err := s.WaitShow("handover.service", props, func(m map[string]string) bool {
+				return m["MainPID"] == strconv.Itoa(gen2)
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Systemctl("stop", "--no-block", "handover.service"); err != nil {
+				t.Fatal(err)
+			}
+			term := fmt.Sprintf("term %d gen 2\n", gen2)
+			m, err := s.WaitShow("handover.service", props, func(m map[string]string) bool {
+				b, _ := os.ReadFile(log)
+				return m["ActiveState"] == "deactivating" && strings.Contains(string(b), term) ||
+					m["ActiveState"] == "inactive" || m["ActiveState"] == "failed"
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := os.ReadFile(log)
+			t.Logf("stopping, the successor said %q; the unit is %v", term, m)
+			if err := os.WriteFile(log+".release", nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if mode == "child" {
+				pids, _ := s.UnitPIDs("handover.service")
+				t.Logf("a successor that was the old main process's child when systemd read MAINPID=: the unit is %s (%s) with processes %v while the successor drains", m["ActiveState"], m["SubState"], pids)
+				return
+			}
+			if m["ActiveState"] != "deactivating" {
+				t.Fatalf("systemd did not wait for the successor to exit: %v\n%s", m, b)
+			}
+			m, err = s.WaitShow("handover.service", props, func(m map[string]string) bool {
+				return m["ActiveState"] == "inactive" || m["ActiveState"] == "failed"
+			})
+			if err != nil || m["Result"] != "success" {
+				t.Errorf("after the successor's exit: %v, %v", m, err)
+			}
+		})
+	}
+}
+
+const (
+	handoverEnv    = "SYSTEMDTEST_HANDOVER"     // the server's mode: reparented, child, or intermediate
+	handoverLogEnv = "SYSTEMDTEST_HANDOVER_LOG" // where it writes its lines
+	handoverGenEnv = "SYSTEMDTEST_HANDOVER_GEN" // its generation, if not 1
+)
+
+// handoverMain is the server of TestMainPIDHandOver. Every error ends it
+// with status 3, for systemd to report.
+func handoverMain(mode string) {
+	log := os.Getenv(handoverLogEnv)
+	gen, _ := strconv.Atoi(os.Getenv(handoverGenEnv))
+	if gen == 0 {
+		gen = 1
+	}
+	must := func(err error) {
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(3)
+		}
+	}
+	line := func(format string, a ...any) {
+		f, err := os.OpenFile(log, os.O_APPEND|os.O_WRONLY|os.O_CREATE, 0o644)
+		must(err)
+		fmt.Fprintf(f, format+"\n", a...)
+		must(f.Close())
+	}
+	self, err := os.Executable()
+	must(err)
+	successor := func(mode string, gen int) *exec.Cmd {
+		cmd := exec.Command(self)
+		cmd.Env = []string{handoverEnv + "=" + mode, handoverLogEnv + "=" + log, handoverGenEnv + "=" + strconv.Itoa(gen)}
+		return cmd
+	}
+	if mode == "intermediate" { // starts the successor, names it, exits
+		cmd := successor("reparented", gen)
+		must(cmd.Start())
+		fmt.Println(cmd.Process.Pid)
+		os.Exit(0)
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM)
+	line("ready %d gen %d", os.Getpid(), gen)
+	if gen == 1 {
+		must(sdNotify("READY=1"))
+	}
+	for sig := range sigs {
+		if sig == syscall.SIGTERM {
+			line("term %d gen %d", os.Getpid(), gen)
+			for range 60 * 50 { // a minute at most
+				if _, err := os.Stat(log + ".release"); err == nil {
+					os.Exit(0)
+				}
+				time.Sleep(pollInterval)
+			}
+			os.Exit(4)
+		}
+		var pid int
+		if mode == "child" {
+			cmd := successor("child", gen+1)
+			must(cmd.Start())
+			pid = cmd.Process.Pid
+		} else {
+			out, err := successor("intermediate", gen+1).Output()
+			must(err)
+			pid, err = strconv.Atoi(strings.TrimSpace(string(out)))
+			must(err)
+		}
+		must(sdNotify(fmt.Sprintf("MAINPID=%d\nREADY=1", pid)))
+		must(sdBarrier())
+		line("handed %d gen %d to %d", os.Getpid(), gen, pid)
+		os.Exit(0)
+	}
+}
+
+// sdNotify sends state to NOTIFY_SOCKET, with descriptors fds.
+func sdNotify(state string, fds ...int) error {
+	addr := os.Getenv("NOTIFY_SOCKET")
+	if strings.HasPrefix(addr, "@") {
+		addr = "\x00" + addr[1:]
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	return unix.Sendmsg(fd, []byte(state), oob, &unix.SockaddrUnix{Name: addr}, 0)
+}
+
+// sdBarrier returns once systemd has read every message sent before: it
+// closes the descriptor sent with BARRIER=1 then.
+func sdBarrier() error {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	err = sdNotify("BARRIER=1", int(w.Fd()))
+	w.Close()
+	if err != nil {
+		return err
+	}
+	r.SetReadDeadline(time.Now().Add(Timeout))
+	_, err = io.Copy(io.Discard, r)
+	return err
 }
 
 func writeFile(t *testing.T, name, content string) {
