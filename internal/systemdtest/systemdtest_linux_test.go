@@ -213,12 +213,13 @@ ExecReload=/bin/kill -HUP $MAINPID
 // successor, names it with MAINPID= (and waits on BARRIER=1 until systemd
 // has read that) and exits; on SIGTERM it says so and waits to be
 // released before it exits 0, as a server draining its connections.
-// A successor that systemd found already reparented to itself when it
-// read MAINPID= (started through a process that has exited) is stopped
-// gracefully: SIGTERM, and systemd waits for its exit. One that was still
-// the old main process's child is, in systemd 252, "not our child": at
-// stop it gets SIGTERM and at once SIGKILL, as nothing is left that
-// systemd knows how to wait for; that case is only logged.
+// Once the old process has exited, a successor that systemd found already
+// reparented to itself when it read MAINPID= (started through a process
+// that has exited) is stopped gracefully: SIGTERM, and systemd waits for
+// its exit. One that was still the old main process's child is, in
+// systemd 252, "not our child": at stop it gets SIGTERM and at once
+// SIGKILL, as nothing is left in the unit that systemd knows how to wait
+// for; that case is only logged.
 func TestMainPIDHandOver(t *testing.T) {
 	self, err := os.Executable()
 	if err != nil {
@@ -258,6 +259,19 @@ StandardError=append:` + log + `.out
 				return m["MainPID"] == strconv.Itoa(gen2)
 			}); err != nil {
 				t.Fatal(err)
+			}
+			// The old main process must be gone: while it is there, systemd
+			// waits for it, and so for the cgroup, whatever the successor.
+			bound := time.Now().Add(Timeout)
+			for {
+				pids, err := s.UnitPIDs("handover.service")
+				if err == nil && slices.Equal(pids, []int{gen2}) {
+					break
+				}
+				if time.Now().After(bound) {
+					t.Fatalf("processes of the unit: %v, %v; want only the successor %d", pids, err, gen2)
+				}
+				time.Sleep(pollInterval)
 			}
 			if _, err := s.Systemctl("stop", "--no-block", "handover.service"); err != nil {
 				t.Fatal(err)
