@@ -273,10 +273,11 @@ func freshGet(t *testing.T, roots *x509.CertPool, url string) answer {
 }
 
 // keepAlive makes request after request, on one connection for as long as
-// the server keeps it.
+// the server keeps it, or on a new connection each if fresh.
 type keepAlive struct {
 	roots *x509.CertPool
 	url   string
+	fresh bool
 
 	mu       sync.Mutex
 	requests int
@@ -288,8 +289,12 @@ type keepAlive struct {
 
 func (k *keepAlive) run(ctx context.Context) {
 	h3 := &http3.Transport{TLSClientConfig: &tls.Config{RootCAs: k.roots}}
-	defer h3.Close()
+	defer func() { h3.Close() }()
 	for range maxRequests {
+		if k.fresh {
+			h3.Close()
+			h3 = &http3.Transport{TLSClientConfig: &tls.Config{RootCAs: k.roots}}
+		}
 		a, tries, err := get(ctx, h3, k.url)
 		if ctx.Err() != nil {
 			return
