@@ -52,10 +52,6 @@ func main() {
 }
 
 func run(listen, certFile, keyFile, pidFile string, drain time.Duration) error {
-	cert, err := certificate(certFile, keyFile)
-	if err != nil {
-		return err
-	}
 	// The Upgrader comes first: in a successor it receives the
 	// predecessor's sockets, which the pool then binds into or takes over.
 	// As PID 1 of a container, NewUpgrader stays as the parent of the
@@ -66,6 +62,10 @@ func run(listen, certFile, keyFile, pidFile string, drain time.Duration) error {
 		opts = append(opts, udppool.WithPIDFile(pidFile))
 	}
 	upg, err := udppool.NewUpgrader(opts...)
+	if err != nil {
+		return err
+	}
+	cert, err := certificate(certFile, keyFile)
 	if err != nil {
 		return err
 	}
