@@ -1,10 +1,10 @@
 package udppool_test
 
 // This file holds README.md's test example verbatim (TestMyServer), and
-// TestREADME, which keeps every Go block of README.md identical to the
-// function it names and every sample output identical to its example's
-// checked output: README's code compiles and runs, and its outputs are
-// real.
+// TestREADME, which keeps every Go block of README.md and DESIGN.md
+// identical to the function it names and every sample output identical to
+// its example's checked output: their code compiles and runs, and their
+// outputs are real.
 
 import (
 	"context"
@@ -57,8 +57,8 @@ func TestMyServer(t *testing.T) {
 	}
 }
 
-// A mdBlock is a fenced block of README.md and the HTML comment on the
-// line before its fence, if any.
+// A mdBlock is a fenced block of a markdown file and the HTML comment on
+// the line before its fence, if any.
 type mdBlock struct {
 	line   int // of the opening fence, from 1
 	lang   string
@@ -68,9 +68,9 @@ type mdBlock struct {
 
 var fence = regexp.MustCompile("^([ \t]*)```(\\S*)\\s*$")
 
-// mdBlocks splits markdown into its fenced blocks, each without the
-// indentation of its fence.
-func mdBlocks(t *testing.T, md string) []mdBlock {
+// mdBlocks splits the markdown of file name into its fenced blocks, each
+// without the indentation of its fence.
+func mdBlocks(t *testing.T, name, md string) []mdBlock {
 	t.Helper()
 	lines := strings.Split(md, "\n")
 	var blocks []mdBlock
@@ -88,14 +88,14 @@ func mdBlocks(t *testing.T, md string) []mdBlock {
 		var text strings.Builder
 		for i++; ; i++ {
 			if i == len(lines) {
-				t.Fatalf("README.md:%d: block not closed", b.line)
+				t.Fatalf("%s:%d: block not closed", name, b.line)
 			}
 			if strings.TrimSpace(lines[i]) == "```" {
 				break
 			}
 			line, ok := strings.CutPrefix(lines[i], m[1])
 			if !ok && strings.TrimSpace(lines[i]) != "" {
-				t.Fatalf("README.md:%d: line indented less than its fence", i+1)
+				t.Fatalf("%s:%d: line indented less than its fence", name, i+1)
 			}
 			text.WriteString(line + "\n")
 		}
@@ -173,14 +173,10 @@ var (
 	outputOf = regexp.MustCompile(`^<!-- output of (\w+) in ([\w/.]+\.go) -->$`)
 )
 
-// TestREADME: every Go block of README.md is marked with the function it
-// shows and is identical to it, and every block marked as an example's
-// output is identical to the output that go test checks for it.
+// TestREADME: every Go block of README.md and DESIGN.md is marked with the
+// function it shows and is identical to it, and every block marked as an
+// example's output is identical to the output that go test checks for it.
 func TestREADME(t *testing.T) {
-	md, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
 	sources := make(map[string]*goSource)
 	source := func(path string) *goSource {
 		if sources[path] == nil {
@@ -188,9 +184,25 @@ func TestREADME(t *testing.T) {
 		}
 		return sources[path]
 	}
-	var goBlocks, outputs int
-	for _, b := range mdBlocks(t, string(md)) {
-		where := fmt.Sprintf("README.md:%d", b.line)
+	for _, name := range []string{"README.md", "DESIGN.md"} {
+		goBlocks, outputs := checkBlocks(t, name, source)
+		if name == "README.md" && (goBlocks == 0 || outputs == 0) {
+			t.Fatalf("%s: %d checked Go blocks and %d checked outputs; the markers are gone?", name, goBlocks, outputs)
+		}
+	}
+}
+
+// checkBlocks checks the marked blocks of markdown file name against the
+// Go sources they name and returns how many Go blocks and outputs it
+// checked.
+func checkBlocks(t *testing.T, name string, source func(path string) *goSource) (goBlocks, outputs int) {
+	t.Helper()
+	md, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range mdBlocks(t, name, string(md)) {
+		where := fmt.Sprintf("%s:%d", name, b.line)
 		if m := sameAs.FindStringSubmatch(b.marker); m != nil {
 			want, ok := source(m[2]).function(m[1], strings.HasPrefix(b.text, "func "))
 			if !ok {
@@ -212,9 +224,7 @@ func TestREADME(t *testing.T) {
 			outputs++
 		}
 	}
-	if goBlocks == 0 || outputs == 0 {
-		t.Fatalf("README.md: %d checked Go blocks and %d checked outputs; the markers are gone?", goBlocks, outputs)
-	}
+	return goBlocks, outputs
 }
 
 // diff shows the first line where got and want differ.
@@ -229,7 +239,7 @@ func diff(got, want string) string {
 			wl = w[i]
 		}
 		if gl != wl || i >= len(g) || i >= len(w) {
-			return fmt.Sprintf("line %d:\n README: %q\n source: %q", i+1, gl, wl)
+			return fmt.Sprintf("line %d:\n markdown: %q\n source:   %q", i+1, gl, wl)
 		}
 	}
 	return "(no difference)"
