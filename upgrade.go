@@ -123,6 +123,7 @@ type upgradeOptions struct {
 	command      func(ctx context.Context) (*exec.Cmd, error)
 	readyTimeout time.Duration
 	inherit      bool
+	serverID     ServerID // serverid.go
 }
 
 // WithUpgradeCommand sets the function that returns the successor's command,
