@@ -35,6 +35,9 @@ func (e *ServerIDError) Error() string {
 	if errors.Is(e.Err, ErrConfigRotation) {
 		return fmt.Sprintf("%sQUIC-LB config rotation %d: %v (0-6; 7 means unroutable)", prefix, e.ConfigRotation, e.Err)
 	}
+	if len(e.ServerID) == 0 {
+		return fmt.Sprintf("%sempty QUIC-LB server ID: %v (1-%d octets)", prefix, e.Err, MaxServerIDLen)
+	}
 	return fmt.Sprintf("%sQUIC-LB server ID %x (%d octets): %v (1-%d)", prefix, e.ServerID, len(e.ServerID), e.Err, MaxServerIDLen)
 }
 
