@@ -36,6 +36,12 @@
 // kernel's reuseport program (package steer) finds the fields by arithmetic
 // on the first octet, without a configuration of its own.
 //
+// IDs of the layout that udppool issued before (12 octets: 0x0b, the
+// generation, 5 random octets, the check) parse as legacy IDs of socket 0,
+// so that a successor of this version keeps the connections of a
+// predecessor of that one. Their length (12) is below the shortest ID of
+// the present layout (14), so the two cannot be confused.
+//
 // The check lets a process tell an ID that it (or another generation of its
 // process line) issued from a client's random Initial destination ID that
 // merely looks like one; the kernel cannot compute it, so a look-alike may

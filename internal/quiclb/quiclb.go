@@ -37,6 +37,16 @@ const (
 	checkOff  = randOff + randLen
 )
 
+// The legacy layout, which udppool issued before its IDs carried a fleet's
+// server ID: 12 octets, the first 0x0b (config rotation 0, length 11), the
+// generation as the 2-octet server ID, 5 random octets, and the check (the
+// same function of the octets before it). A successor still reads them, so
+// that an upgrade from a process of that version keeps its connections.
+const (
+	LegacyLen   = 12
+	LegacyFirst = LegacyLen - 1
+)
+
 // Errors of a bad configuration, wrapped in a *ConfigError.
 var (
 	ErrServerIDLen = errors.New("server ID length out of range")
@@ -87,14 +97,18 @@ type Fields struct {
 	ServerID []byte // aliases the ID
 	Gen      uint16
 	Socket   uint8
+	Legacy   bool // the legacy layout: Socket is 0
 }
 
 // Parse splits an ID by its first octet, without verifying its check: the
 // fast path of a process that wants to know whose an ID would be before it
 // spends a block cipher call. ok is false if id is not laid out as the
 // package's IDs are (wrong length for its first octet, server ID length out
-// of range, or config rotation 7).
+// of range, or config rotation 7) or as legacy IDs are.
 func Parse(id []byte) (f Fields, ok bool) {
+	if len(id) == LegacyLen && id[0] == LegacyFirst {
+		return Fields{ServerID: id[1:3], Gen: binary.BigEndian.Uint16(id[1:]), Legacy: true}, true
+	}
 	if len(id) < MinLen || len(id) > MaxLen {
 		return Fields{}, false
 	}

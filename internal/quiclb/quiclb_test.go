@@ -2,6 +2,7 @@ package quiclb
 
 import (
 	"bytes"
+	"crypto/aes"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
@@ -132,6 +133,46 @@ func TestLookAlike(t *testing.T) {
 	}
 }
 
+// legacyID issues an ID as udppool did before fleet server IDs (its
+// cid.go, copied): 0x0b, the generation, 5 random octets, then the first
+// 4 octets of AES-128 of octets 0-7 padded with zeros.
+func legacyID(t *testing.T, key [KeyLen]byte, gen uint16) []byte {
+	b, err := aes.NewCipher(key[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id [12]byte
+	id[0] = 11
+	binary.BigEndian.PutUint16(id[1:], gen)
+	rand.Read(id[3:8])
+	var in, out [16]byte
+	copy(in[:], id[:8])
+	b.Encrypt(out[:], in[:])
+	copy(id[8:], out[:4])
+	return id[:]
+}
+
+// TestLegacy: IDs of the previous layout parse and verify, so that a
+// successor reads its predecessor's.
+func TestLegacy(t *testing.T) {
+	key := [KeyLen]byte{4, 5}
+	c := NewCodec(key)
+	for gen := range uint16(100) {
+		id := legacyID(t, key, gen*655)
+		f, ok := c.Verify(id)
+		if !ok || !f.Legacy || f.Gen != gen*655 || f.Socket != 0 {
+			t.Fatalf("legacy %x: %+v %v", id, f, ok)
+		}
+		id[11] ^= 1
+		if _, ok := c.Verify(id); ok {
+			t.Fatalf("legacy look-alike %x passes", id)
+		}
+		if h := ParseHeader(append([]byte{FixedBit}, id...)); !bytes.Equal(h.DCID, id) {
+			t.Fatalf("legacy %x in a short header: %x", id, h.DCID)
+		}
+	}
+}
+
 func TestConfigErrors(t *testing.T) {
 	for _, c := range []struct {
 		cfg  Config
@@ -216,7 +257,7 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add([]byte("\x07\xc4\x60\x5e\x45\x04\xcc\x4f"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if fl, ok := Parse(b); ok {
+		if fl, ok := Parse(b); ok && !fl.Legacy {
 			if len(b) != 1+len(fl.ServerID)+NonceLen || b[0]>>5 == Unroutable || fl.Rotation != b[0]>>5 {
 				t.Fatalf("Parse(%x) = %+v", b, fl)
 			}

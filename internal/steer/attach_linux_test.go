@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"net"
 	"os"
@@ -96,6 +97,17 @@ func testAttach(t *testing.T, network string) {
 				t.Fatalf("round %d: member %d got another datagram", round, i)
 			}
 		}
+	}
+	// A legacy ID (the previous layout) of generation 1: its socket 0.
+	legacy := make([]byte, quiclb.LegacyLen)
+	rand.Read(legacy)
+	legacy[0] = quiclb.LegacyFirst
+	binary.BigEndian.PutUint16(legacy[1:], 1)
+	if _, err := client.WriteToUDP(short(legacy), dst); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := recv(0); err != nil || !bytes.Equal(got, short(legacy)) {
+		t.Fatalf("legacy ID of gen 1: not on member 0 (%v)", err)
 	}
 	// Handshakes from 64 source ports: each on one of the accepting
 	// generation's sockets.

@@ -67,19 +67,23 @@ func Program(g Group) []bpf.Instruction {
 		return a.assemble()
 	}
 	const (
-		fb     = "fallback"
-		long   = "long"
-		fields = "fields"
+		fb          = "fallback"
+		long        = "long"
+		fields      = "fields"
+		legacyShort = "legacyShort"
+		legacyLong  = "legacyLong"
+		legacyGen   = "legacyGen"
 	)
 	// Scratch: M[0] the ID's length L.
 	a.add(bpf.LoadExtension{Num: bpf.ExtLen})
-	a.jumpIf(bpf.JumpLessThan, quiclb.ShortDCIDOff+quiclb.MinLen, fb, "")
+	a.jumpIf(bpf.JumpLessThan, quiclb.ShortDCIDOff+quiclb.LegacyLen, fb, "")
 	a.add(bpf.LoadAbsolute{Off: 0, Size: 1})
 	a.jumpIf(bpf.JumpBitsSet, quiclb.FixedBit, "", fb)
 	a.jumpIf(bpf.JumpBitsSet, quiclb.LongHeader, long, "")
 
 	// Short header: the ID starts at octet 1 and must fit the datagram.
 	a.add(bpf.LoadAbsolute{Off: quiclb.ShortDCIDOff, Size: 1})
+	a.jumpIf(bpf.JumpEqual, quiclb.LegacyFirst, legacyShort, "")
 	a.idLength(fb)
 	a.add(bpf.ALUOpConstant{Op: bpf.ALUOpAdd, Val: quiclb.ShortDCIDOff + 1})
 	a.fits(fb)
@@ -92,6 +96,7 @@ func Program(g Group) []bpf.Instruction {
 	a.add(bpf.LoadAbsolute{Off: quiclb.LongDCIDLenOff, Size: 1})
 	a.add(bpf.TAX{})
 	a.add(bpf.LoadAbsolute{Off: quiclb.LongDCIDOff, Size: 1})
+	a.jumpIf(bpf.JumpEqual, quiclb.LegacyFirst, legacyLong, "")
 	a.idLength(fb)
 	a.add(bpf.ALUOpConstant{Op: bpf.ALUOpAdd, Val: 1})
 	a.jumpIfX(bpf.JumpEqual, "", fb)
@@ -115,6 +120,29 @@ func Program(g Group) []bpf.Instruction {
 		a.jumpIf(bpf.JumpEqual, uint32(gen.gen), "", a.skipOne())
 		a.jump(gen.label())
 	}
+	a.jump(fb)
+
+	// Legacy IDs (a predecessor of the previous layout): the generation
+	// after the first octet, one socket per generation.
+	a.label(legacyShort)
+	a.add(bpf.LoadExtension{Num: bpf.ExtLen})
+	a.jumpIf(bpf.JumpLessThan, quiclb.ShortDCIDOff+quiclb.LegacyLen, fb, "")
+	a.add(bpf.LoadAbsolute{Off: quiclb.ShortDCIDOff + 1, Size: 2})
+	a.jump(legacyGen)
+	a.label(legacyLong)
+	a.add(bpf.TXA{})
+	a.jumpIf(bpf.JumpEqual, quiclb.LegacyLen, "", fb)
+	a.add(bpf.LoadExtension{Num: bpf.ExtLen})
+	a.jumpIf(bpf.JumpLessThan, quiclb.LongDCIDOff+quiclb.LegacyLen, fb, "")
+	a.add(bpf.LoadAbsolute{Off: quiclb.LongDCIDOff + 1, Size: 2})
+	a.label(legacyGen)
+	for _, gen := range gens {
+		if len(gen.indexes) > 0 && gen.indexes[0] >= 0 {
+			a.jumpIf(bpf.JumpEqual, uint32(gen.gen), "", a.skipOne())
+			a.add(bpf.RetConstant{Val: uint32(gen.indexes[0])})
+		}
+	}
+
 	a.label(fb)
 	a.fallback(g)
 	for _, gen := range gens {

@@ -101,6 +101,32 @@ func TestProgram(t *testing.T) {
 			}
 		}
 	}
+	// IDs of the previous layout, which a predecessor of that version
+	// issued: 0x0b, the generation, random, check.
+	legacy := func(gen uint16) []byte {
+		id := make([]byte, quiclb.LegacyLen)
+		rand.Read(id)
+		id[0] = quiclb.LegacyFirst
+		binary.BigEndian.PutUint16(id[1:], gen)
+		return id
+	}
+	for _, c := range []struct {
+		name string
+		pkt  []byte
+		want int
+	}{
+		{"legacy short header of gen 7", short(legacy(7)), 0},
+		{"legacy short header of gen 8", short(legacy(8)), 3},
+		{"legacy short header of gen 9", short(legacy(9)), 3},
+		{"legacy short header, cut", short(legacy(7))[:quiclb.LegacyLen], 3},
+		{"legacy Handshake of gen 7", long(2, quiclb.V1, legacy(7)), 0},
+		{"legacy Handshake, ID length disagrees", long(2, quiclb.V1, append(legacy(7), 0)), 3},
+		{"legacy Handshake, cut", long(2, quiclb.V1, legacy(7))[:6+quiclb.LegacyLen-1], 3},
+	} {
+		if got := run(t, prog, c.pkt); got != c.want {
+			t.Errorf("%s: socket %d, want %d", c.name, got, c.want)
+		}
+	}
 	for _, pkt := range [][]byte{{0x40, 0x0b, 0x00}, {0xc0}, nil} {
 		if got := run(t, prog, pkt); got != 3 {
 			t.Errorf("%x: socket %d, want 3", pkt, got)
