@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 
 	"github.com/quic-go/quic-go"
+
 	"github.com/udppool/udppool/internal/quiclb"
 )
 

@@ -10,8 +10,9 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
-	"github.com/udppool/udppool/internal/quiclb"
 	"golang.org/x/net/ipv4"
+
+	"github.com/udppool/udppool/internal/quiclb"
 )
 
 // forwardConn is the PacketConn that a QUIC transport of an upgrading pool
