@@ -11,6 +11,8 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"golang.org/x/net/ipv4"
+
+	"github.com/udppool/udppool/internal/quiclb"
 )
 
 // forwardConn is the PacketConn that a QUIC transport of an upgrading pool
@@ -57,7 +59,7 @@ var _ quic.OOBCapablePacketConn = (*forwardConn)(nil)
 // through a forwardConn. Pool.mu is held.
 func (u *Upgrader) setupTransport(qt *quic.Transport, st *sharedTransport) {
 	qt.ConnectionIDLength = 0
-	qt.ConnectionIDGenerator = cidGenerator{codec: u.codec, gen: u.gen}
+	qt.ConnectionIDGenerator = newCIDGenerator(u.codec, u.opts.serverID, u.gen, 0)
 	u.trackHandshakes(qt)
 	f := &forwardConn{
 		Conn: st.conn, u: u, st: st, key: st.entry.key, keyStr: st.entry.key.String(),
@@ -319,40 +321,27 @@ func (u *Upgrader) owner(st *routeState, b []byte) *peer {
 	if st.peer == nil {
 		return nil
 	}
-	if len(b) > 0 && b[0]&quicFixedBit != 0 {
-		var id []byte
-		handshake := false
-		if b[0]&quicLongHeader == 0 {
-			if len(b) >= shortDCIDOff+cidLen {
-				id = b[shortDCIDOff : shortDCIDOff+cidLen]
-			}
-		} else {
-			pc := u.codec.classify(b)
-			if pc.owned {
-				if pc.gen == st.self {
+	h := quiclb.ParseHeader(b)
+	if h.DCID != nil {
+		// The check is worth computing only for the IDs of a generation
+		// that runs, and for a short header not for our own: the kernel
+		// sends those here, and a short header is a handshake's only if
+		// it looks like nobody's.
+		f, _ := quiclb.Parse(h.DCID)
+		if f.Gen == st.self && !h.Long {
+			return nil
+		}
+		if f.Gen == st.self || f.Gen == st.peer.gen {
+			if _, ok := u.codec.Verify(h.DCID); ok {
+				if f.Gen == st.self {
 					return nil
 				}
-				if pc.gen == st.peer.gen {
-					return st.peer
-				}
-			}
-			handshake = pc.handshake
-		}
-		if id != nil && id[0] == cidFirst {
-			// A short header: it is a handshake's only if it looks like
-			// nobody's, and the check octets are worth computing only for
-			// the other generation's IDs (the kernel sends our own here).
-			gen := binary.BigEndian.Uint16(id[cidGenOff:])
-			if gen == st.self {
-				return nil
-			}
-			if gen, ok := u.codec.generation(id); ok && gen == st.peer.gen {
 				return st.peer
 			}
 		}
-		if !handshake {
-			return nil
-		}
+	}
+	if h.QUIC && !h.Handshake {
+		return nil
 	}
 	// A handshake, or not QUIC: the accepting generation's.
 	if st.accepting {
@@ -469,7 +458,7 @@ func (f *forwardConn) flush(stop <-chan struct{}) {
 	f.flushed = ch
 	f.mu.Unlock()
 	marker := make([]byte, 1200) // quic-go answers unknown versions from this size on
-	marker[0] = quicLongHeader | quicFixedBit
+	marker[0] = quiclb.LongHeader | quiclb.FixedBit
 	binary.BigEndian.PutUint32(marker[1:], 0x0a1a2a3a) // reserved for forcing version negotiation
 	marker[5] = 8                                      // destination ID length; the IDs stay zero
 	marker[14] = 8                                     // source ID length

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"golang.org/x/net/bpf"
+
+	"github.com/udppool/udppool/internal/quiclb"
 )
 
 // TestSteerProgram runs the reuseport program in x/net's BPF interpreter
@@ -13,7 +15,7 @@ import (
 func TestSteerProgram(t *testing.T) {
 	codec := newCIDCodec(cidKey{1, 2, 3})
 	id := func(gen uint16) []byte {
-		c, err := cidGenerator{codec: codec, gen: gen}.GenerateConnectionID()
+		c, err := newCIDGenerator(codec, ServerID{}, gen, 0).GenerateConnectionID()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -33,7 +35,7 @@ func TestSteerProgram(t *testing.T) {
 	random := make([]byte, 8)
 	rand.Read(random)
 	lookalike := id(7)
-	lookalike[cidCheckOff] ^= 0xff // the kernel cannot tell: gen 7's socket, which forwards
+	lookalike[len(lookalike)-1] ^= 0xff // the kernel cannot tell: gen 7's socket, which forwards
 
 	members := []uint16{7, 8} // generation 7 at index 0, 8 (accepting) at 1
 	vm, err := bpf.NewVM(steerProgram(members, 1, true))
@@ -49,12 +51,12 @@ func TestSteerProgram(t *testing.T) {
 		{"short header of gen 8", short(id(8)), 1},
 		{"short header of gen 9 (gone)", short(id(9)), 1},
 		{"short header, foreign ID", short(random[:8]), 1},
-		{"client Initial, random ID", long(0, quicV1, random), 1},
-		{"second Initial of gen 7's handshake", long(0, quicV1, id(7)), 0},
-		{"Handshake of gen 7", long(2, quicV1, id(7)), 0},
-		{"Handshake of gen 8", long(2, quicV1, id(8)), 1},
-		{"QUIC v2 packet of gen 7", long(3, quicV2, id(7)), 0},
-		{"Initial look-alike of gen 7", long(0, quicV1, lookalike), 0},
+		{"client Initial, random ID", long(0, quiclb.V1, random), 1},
+		{"second Initial of gen 7's handshake", long(0, quiclb.V1, id(7)), 0},
+		{"Handshake of gen 7", long(2, quiclb.V1, id(7)), 0},
+		{"Handshake of gen 8", long(2, quiclb.V1, id(8)), 1},
+		{"QUIC v2 packet of gen 7", long(3, quiclb.V2, id(7)), 0},
+		{"Initial look-alike of gen 7", long(0, quiclb.V1, lookalike), 0},
 		{"non-QUIC", append([]byte{0x00}, make([]byte, 40)...), 1},
 		{"too short", []byte{0x40, 0x0b, 0x00}, 1},
 		{"empty", nil, 1},

@@ -144,6 +144,7 @@ type upgradeOptions struct {
 	pidFile      string
 	log          *slog.Logger
 	noSupervisor bool
+	serverID     ServerID // serverid.go
 }
 
 // WithUpgradeLogger makes the Upgrader log through l what an operator

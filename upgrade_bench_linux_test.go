@@ -9,6 +9,8 @@ import (
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
+
+	"github.com/udppool/udppool/internal/quiclb"
 )
 
 // The cost of an upgrade on the receive path, per datagram: a pooled
@@ -49,10 +51,10 @@ func benchRecv(b *testing.B, n int, dst *net.UDPAddr, read func([]ipv4.Message) 
 }
 
 func benchPacket(codec *cidCodec, gen uint16) []byte {
-	id, _ := cidGenerator{codec: codec, gen: gen}.GenerateConnectionID()
+	id, _ := newCIDGenerator(codec, ServerID{}, gen, 0).GenerateConnectionID()
 	pkt := make([]byte, 1200)
-	pkt[0] = quicFixedBit | 1
-	copy(pkt[shortDCIDOff:], id.Bytes())
+	pkt[0] = quiclb.FixedBit | 1
+	copy(pkt[quiclb.ShortDCIDOff:], id.Bytes())
 	return pkt
 }
 
