@@ -8,7 +8,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -59,16 +58,15 @@ func TestServerIDOnTheWire(t *testing.T) {
 
 // testUpgrader returns an upgrader of generation gen that is not wired to
 // any process.
-func testUpgrader(gen uint16, opts upgradeOptions) *Upgrader {
-	u := &Upgrader{
-		opts: opts, gen: gen, key: cidKey{7}, ready: true,
-		conns: make(map[string]*forwardConn), socks: make(map[Key]*socket),
-		joined: make(map[Key]bool), shared: make(map[Key]bool), predKeys: make(map[Key]bool),
-		predQUIC: make(map[Key]bool), inherited: make(map[Key]*os.File),
-		predGone: make(chan struct{}), exit: make(chan struct{}), handshakes: make(map[*handshake]struct{}),
+func testUpgrader(gen uint16, opts ...UpgradeOption) *Upgrader {
+	u, err := newUpgrader("", false, append(opts, WithSupervisor(false))...)
+	if err != nil {
+		panic(err)
 	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.gen, u.key = gen, cidKey{7}
 	u.codec = newCIDCodec(u.key)
-	close(u.predGone)
 	u.publish()
 	return u
 }
@@ -77,7 +75,7 @@ func testUpgrader(gen uint16, opts upgradeOptions) *Upgrader {
 // three connections with a stream each through a relay, and returns the
 // server's IDs that the relay saw.
 func wireIDs(t *testing.T, sid ServerID, gen uint16, sidLen int) [][]byte {
-	u := testUpgrader(gen, upgradeOptions{serverID: sid})
+	u := testUpgrader(gen, WithServerID(sid))
 	p := New(WithUpgrader(u))
 	defer p.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

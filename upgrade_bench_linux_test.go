@@ -3,7 +3,6 @@ package udppool
 import (
 	"context"
 	"net"
-	"os"
 	"testing"
 	"time"
 
@@ -61,15 +60,15 @@ func benchPacket(codec *cidCodec, gen uint16) []byte {
 // benchUpgrader returns an upgrader of generation gen that is not wired to
 // any process, and a pooled socket of a new pool that uses it.
 func benchUpgrader(b *testing.B, gen uint16, key cidKey) (*Upgrader, *Pool) {
-	u := &Upgrader{
-		gen: gen, key: key, codec: newCIDCodec(key), ready: true,
-		conns: make(map[string]*forwardConn), socks: make(map[Key]*socket),
-		joined: make(map[Key]bool), shared: make(map[Key]bool), predKeys: make(map[Key]bool),
-		predQUIC: make(map[Key]bool), inherited: make(map[Key]*os.File),
-		predGone: make(chan struct{}), exit: make(chan struct{}), handshakes: make(map[*handshake]struct{}),
+	u, err := newUpgrader("", false, WithSupervisor(false))
+	if err != nil {
+		b.Fatal(err)
 	}
-	close(u.predGone)
+	u.mu.Lock()
+	u.gen, u.key = gen, key
+	u.codec = newCIDCodec(key)
 	u.publish()
+	u.mu.Unlock()
 	return u, New(WithUpgrader(u))
 }
 
