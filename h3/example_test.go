@@ -137,3 +137,35 @@ func ExampleServer() {
 		}
 	}
 }
+
+// A reload that changes the routes along with the certificate: the new
+// generation answers with the new mux, while connections of the retired one
+// finish their requests with the old.
+func ExampleWithHandler() {
+	pool := udppool.New()
+	defer pool.Close()
+	tr, err := pool.Transport(context.Background(), "udp", ":443")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer tr.Close()
+	srv := &h3.Server{Transport: tr}
+	load := func() (*tls.Config, http.Handler) {
+		cert, err := tls.LoadX509KeyPair("cert.pem", "key.pem")
+		if err != nil {
+			log.Fatal(err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/", http.FileServer(http.Dir("/var/www"))) // routes read from the configuration
+		return &tls.Config{Certificates: []tls.Certificate{cert}}, mux
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	for {
+		tlsConf, mux := load()
+		if err := srv.Reload(tlsConf, nil, h3.WithHandler(mux)); err != nil {
+			log.Print(err) // the current generation keeps serving
+		}
+		<-hup
+	}
+}

@@ -15,8 +15,9 @@ import (
 
 // A generation is one listener of a Server and the connections it accepted.
 type generation struct {
-	s  *Server
-	ln *udppool.Listener
+	s       *Server
+	ln      *udppool.Listener
+	handler http.Handler // never nil
 
 	mu    sync.Mutex
 	conns map[*quic.Conn]*conn
@@ -143,10 +144,7 @@ func (g *generation) conn(qc *quic.Conn) *conn {
 	}
 	s := g.s
 	c := &conn{qc: qc, serving: make(chan struct{})}
-	handler := s.Handler
-	if handler == nil {
-		handler = http.DefaultServeMux
-	}
+	handler := g.handler
 	c.srv = &http3.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			c.handle(handler, w, r)

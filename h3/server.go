@@ -50,7 +50,10 @@ type Server struct {
 	// listeners on it and never closes it.
 	Transport *udppool.Transport
 
-	// Handler answers requests; nil means http.DefaultServeMux.
+	// Handler answers requests; nil means http.DefaultServeMux. A Reload
+	// with WithHandler replaces it for the connections of that generation
+	// and later ones, while the connections of retired generations keep
+	// the handler they were served with until they have drained.
 	Handler http.Handler
 
 	// Grace bounds the drain of a retired generation: connections still
@@ -75,7 +78,8 @@ type Server struct {
 	ConnContext        func(ctx context.Context, c *quic.Conn) context.Context
 	Logger             *slog.Logger
 
-	reloadMu sync.Mutex // one Reload at a time
+	reloadMu sync.Mutex   // one Reload at a time
+	handler  http.Handler // guarded by reloadMu; the latest WithHandler's
 
 	mu      sync.Mutex
 	cur     *generation // serving new connections; nil before the first Reload and after Shutdown
@@ -83,6 +87,23 @@ type Server struct {
 	stop    context.Context // ends every drain at once
 	cutAll  context.CancelFunc
 	running sync.WaitGroup // generations, their connections and drains
+}
+
+// A ReloadOption changes what a Reload's generation serves besides its
+// TLS and QUIC configuration.
+type ReloadOption func(*reloadOptions)
+
+type reloadOptions struct {
+	handler http.Handler
+}
+
+// WithHandler makes the new generation, and those of later Reloads that do
+// not name one, answer requests with h instead of Server.Handler, so that
+// a configuration reload can change routes as well as certificates.
+// Requests on connections of the generations it retires keep their
+// handler while they drain. A nil h is ignored.
+func WithHandler(h http.Handler) ReloadOption {
+	return func(o *reloadOptions) { o.handler = h }
 }
 
 // Reload starts serving with tlsConf and quicConf (nil for quic-go's
@@ -93,8 +114,9 @@ type Server struct {
 //
 // tlsConf is configured for HTTP/3 as http3.ConfigureTLSConfig does. With
 // quicConf.Allow0RTT, connections are served from their first flight (see
-// udppool's ListenEarly).
-func (s *Server) Reload(tlsConf *tls.Config, quicConf *quic.Config) error {
+// udppool's ListenEarly). WithHandler changes the handler too; the
+// Server's other fields must not change after the first Reload.
+func (s *Server) Reload(tlsConf *tls.Config, quicConf *quic.Config, opts ...ReloadOption) error {
 	if s.Transport == nil {
 		return errors.New("h3: Server.Transport not set")
 	}
@@ -125,7 +147,17 @@ func (s *Server) Reload(tlsConf *tls.Config, quicConf *quic.Config) error {
 	if err != nil {
 		return fmt.Errorf("h3: reload: %w", err)
 	}
-	g := &generation{s: s, ln: ln, conns: make(map[*quic.Conn]*conn)}
+	var o reloadOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	handler := http.Handler(http.DefaultServeMux)
+	for _, h := range []http.Handler{s.Handler, s.handler, o.handler} { // the last set wins
+		if h != nil {
+			handler = h
+		}
+	}
+	g := &generation{s: s, ln: ln, handler: handler, conns: make(map[*quic.Conn]*conn)}
 
 	s.mu.Lock()
 	if s.closed { // Shutdown or Close came in between
@@ -138,6 +170,9 @@ func (s *Server) Reload(tlsConf *tls.Config, quicConf *quic.Config) error {
 	}
 	old := s.cur
 	s.cur = g
+	if o.handler != nil {
+		s.handler = o.handler
+	}
 	s.running.Go(g.serve)
 	if old != nil {
 		ctx, cancel := context.WithTimeout(s.stop, s.grace())

@@ -395,3 +395,35 @@ func TestNoResumptionAcrossGenerations(t *testing.T) {
 		t.Errorf("after the reload: resumed %v, new certificate %v", ok, string(leaf) == string(second.Certificate[0]))
 	}
 }
+
+// TestReloadWithHandler: a Reload with WithHandler serves its generation's
+// requests with the new handler, and later Reloads without one keep it.
+func TestReloadWithHandler(t *testing.T) {
+	auth := newCA(t, "test CA")
+	s, _ := serve(t, &h3.Server{Handler: http.HandlerFunc(hello)})
+	bye := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprintf(w, "bye %s", r.URL.Path) })
+	host := "127.0.0.1"
+	if !nettest.SupportsIPv4() {
+		host = "[::1]"
+	}
+	for i, step := range []struct {
+		opts []h3.ReloadOption
+		want string
+	}{
+		{nil, "hello /x"},
+		{[]h3.ReloadOption{h3.WithHandler(bye)}, "bye /x"},
+		{nil, "bye /x"},
+		{[]h3.ReloadOption{h3.WithHandler(nil)}, "bye /x"},
+		{[]h3.ReloadOption{h3.WithHandler(http.HandlerFunc(hello))}, "hello /x"},
+	} {
+		if err := s.Reload(serverTLS(auth.issue(t, false)), nil, step.opts...); err != nil {
+			t.Fatal(err)
+		}
+		client := newClient(auth.pool(), nil) // a new connection, of the new generation
+		o := get(context.Background(), client, fmt.Sprintf("https://%s:%d/x", host, port(s)))
+		client.Close()
+		if o.err != nil || o.body != step.want {
+			t.Fatalf("reload %d: %q, %v; want %q", i+1, o.body, o.err, step.want)
+		}
+	}
+}
