@@ -69,7 +69,7 @@
 // connections are asked to go and closed when a grace period ends, so no
 // connection made with the old configuration outlives it. The port never
 // closes, no handshake is refused, and [Pool.Stats] shows each listener
-// generation draining. Package h3 does all of this for HTTP/3.
+// epoch draining. Package h3 does all of this for HTTP/3.
 //
 // Across processes, a new binary takes over with an [Upgrader]
 // ([NewUpgrader], [WithUpgrader]): the running process starts its
@@ -90,8 +90,8 @@
 // # Watching it
 //
 // [Pool.Stats] lists sockets, references, send errors by kind and listener
-// generations with the connections they accepted. [WithLogger] logs, with
-// log/slog, sockets bound and closed, generations opened, retired and
+// epochs with the connections they accepted. [WithLogger] logs, with
+// log/slog, sockets bound and closed, listener epochs opened, retired and
 // drained, and everything that went wrong; the pool is silent without it.
 // [Pool.Check] and [WithRefuseForeign] look for foreign sockets,
 // [WithDeadSocketHook] reports sockets the pool had to replace, and

@@ -55,7 +55,7 @@ func (st *sharedTransport) refusalCode(conn *quic.Conn) (quic.ApplicationErrorCo
 	st.mu.Lock()
 	var newest *Listener
 	for l := range st.all {
-		if l.serves(protos) && (newest == nil || l.gen > newest.gen) {
+		if l.serves(protos) && (newest == nil || l.epoch > newest.epoch) {
 			newest = l
 		}
 	}
@@ -82,7 +82,7 @@ const (
 // drain: those open when it began, and those it accepted meanwhile (see
 // Drain). Each of them is counted in exactly one of the three ways.
 type DrainStats struct {
-	Generation uint64
+	Epoch uint64
 	// Conns counts the connections of the drain.
 	Conns int
 	// EndedByThemselves counts connections that closed before the drain
@@ -182,14 +182,14 @@ func (l *Listener) Drain(ctx context.Context, goAway func(*quic.Conn)) (DrainSta
 	}
 	l.mu.Lock()
 	ds := DrainStats{
-		Generation:        l.gen,
+		Epoch:             l.epoch,
 		EndedByThemselves: int(l.ended[endedByThemselves] - before[endedByThemselves]),
 		EndedByGoAway:     int(l.ended[endedByGoAway] - before[endedByGoAway]),
 		EndedByDeadline:   int(l.ended[endedByDeadline] - before[endedByDeadline]),
 	}
 	l.mu.Unlock()
 	ds.Conns = ds.EndedByThemselves + ds.EndedByGoAway + ds.EndedByDeadline
-	l.log().Info("udppool: listener generation drain ended", keyAttr(l.t.key), genAttr(l.gen),
+	l.log().Info("udppool: listener epoch drain ended", keyAttr(l.t.key), epochAttr(l.epoch),
 		slog.Int("conns", ds.Conns), slog.Int("ended_by_themselves", ds.EndedByThemselves),
 		slog.Int("ended_by_goaway", ds.EndedByGoAway), slog.Int("ended_by_deadline", ds.EndedByDeadline))
 	l.release()

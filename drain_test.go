@@ -68,11 +68,11 @@ func byeClient(t *testing.T, ctx context.Context, dst netip.AddrPort, proto stri
 func stats(t *testing.T, p *udppool.Pool, gen uint64) udppool.ListenerStats {
 	t.Helper()
 	for _, l := range listenerStats(t, p) {
-		if l.Generation == gen {
+		if l.Epoch == gen {
 			return l
 		}
 	}
-	return udppool.ListenerStats{Generation: gen}
+	return udppool.ListenerStats{Epoch: gen}
 }
 
 // TestDrainEndings: a drain counts, in its result and in Stats, the
@@ -146,7 +146,7 @@ func TestDrainEndings(t *testing.T) {
 			if !errors.Is(r.err, context.Canceled) {
 				t.Errorf("Drain past its deadline: %v", r.err)
 			}
-			want := udppool.DrainStats{Generation: 1, Conns: 2, EndedByGoAway: 1, EndedByDeadline: 1}
+			want := udppool.DrainStats{Epoch: 1, Conns: 2, EndedByGoAway: 1, EndedByDeadline: 1}
 			if r.ds != want {
 				t.Errorf("Drain = %+v, want %+v", r.ds, want)
 			}
@@ -156,7 +156,7 @@ func TestDrainEndings(t *testing.T) {
 				t.Errorf("stubborn connection closed with %v, want the server's application error %#x", err, tc.code)
 			}
 			if len(p.Stats()[0].Listeners) != 0 {
-				t.Errorf("drained generation still listed: %+v", p.Stats()[0].Listeners)
+				t.Errorf("drained epoch still listed: %+v", p.Stats()[0].Listeners)
 			}
 		})
 	}
@@ -169,7 +169,7 @@ func TestDrainWithoutConnections(t *testing.T) {
 	_, ln := serve(t, p, "udp4", "127.0.0.1:0")
 	for range 2 {
 		ds, err := ln.Drain(context.Background(), func(*quic.Conn) { t.Error("goAway called without connections") })
-		if err != nil || ds != (udppool.DrainStats{Generation: 1}) {
+		if err != nil || ds != (udppool.DrainStats{Epoch: 1}) {
 			t.Fatalf("Drain of an idle listener: %+v, %v", ds, err)
 		}
 	}

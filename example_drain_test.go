@@ -14,7 +14,7 @@ import (
 )
 
 // A drain that ends: the protocol's "please leave" (here "bye" on a
-// stream of the server's) reaches every connection of the old generation;
+// stream of the server's) reaches every connection of the old epoch;
 // a client that leaves when asked is counted so, and one that stays is
 // closed when the grace period ends, with the listener's close code.
 func ExampleListener_Drain() {
@@ -60,7 +60,7 @@ func ExampleListener_Drain() {
 		}
 	}()
 
-	next, err := tr.Listen(serverTLS, nil) // generation 2 takes new handshakes
+	next, err := tr.Listen(serverTLS, nil) // epoch 2 takes new handshakes
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -79,7 +79,7 @@ func ExampleListener_Drain() {
 		}()
 	}
 	ds, err := old.Drain(grace, goAway)
-	fmt.Printf("%+v\n", ds)
+	fmt.Println(ds)
 	fmt.Println("drain:", err)
 
 	<-stubborn.Context().Done()
@@ -88,7 +88,7 @@ func ExampleListener_Drain() {
 		fmt.Printf("the stubborn client was closed with %#x %q\n", uint64(ae.ErrorCode), ae.ErrorMessage)
 	}
 	// Output:
-	// {Generation:1 Conns:2 EndedByThemselves:0 EndedByGoAway:1 EndedByDeadline:1}
+	// epoch=1 conns=2 ended_by_themselves=0 ended_by_goaway=1 ended_by_deadline=1
 	// drain: context canceled
 	// the stubborn client was closed with 0x42 "reloaded"
 }

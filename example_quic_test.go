@@ -171,7 +171,7 @@ func ExampleTransport_Listen_reload() {
 	// old: still there?
 }
 
-// Shutdown retires a listener generation gracefully: it stops accepting at
+// Shutdown retires a listener epoch gracefully: it stops accepting at
 // once, and returns when the connections it accepted have closed (or when
 // its context ends, closing those left). Stats shows the hand-over.
 func ExampleListener_Shutdown() {
@@ -198,7 +198,7 @@ func ExampleListener_Shutdown() {
 	show := func(when string) {
 		for _, s := range pool.Stats() {
 			for _, l := range s.Listeners {
-				fmt.Printf("%s: generation %d accepting=%v conns=%d\n", when, l.Generation, l.Accepting, l.Conns)
+				fmt.Printf("%s: epoch %d accepting=%v conns=%d\n", when, l.Epoch, l.Accepting, l.Conns)
 			}
 		}
 	}
@@ -215,7 +215,7 @@ func ExampleListener_Shutdown() {
 		log.Fatal(err)
 	}
 
-	next, err := tr.Listen(serverTLS, nil) // generation 2 takes new handshakes
+	next, err := tr.Listen(serverTLS, nil) // epoch 2 takes new handshakes
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -227,15 +227,15 @@ func ExampleListener_Shutdown() {
 		show("draining")
 	}
 
-	client.CloseWithError(0, "bye") // the last connection of generation 1 ends
+	client.CloseWithError(0, "bye") // the last connection of epoch 1 ends
 	if err := <-drained; err != nil {
 		log.Fatal(err)
 	}
 	show("drained")
 	// Output:
-	// draining: generation 1 accepting=false conns=1
-	// draining: generation 2 accepting=true conns=0
-	// drained: generation 2 accepting=true conns=0
+	// draining: epoch 1 accepting=false conns=1
+	// draining: epoch 2 accepting=true conns=0
+	// drained: epoch 2 accepting=true conns=0
 }
 
 // HTTP/3 on a pooled Listener: http3.Server.ServeListener takes it as it

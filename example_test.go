@@ -83,7 +83,7 @@ func ExampleConn() {
 }
 
 // Stats lists every socket of the pool with its references and, for a
-// QUIC socket, its listener generations: what an operator watches.
+// QUIC socket, its listener epochs: what an operator watches.
 func ExamplePool_Stats() {
 	pool := udppool.New()
 	defer pool.Close()
@@ -119,14 +119,14 @@ func ExamplePool_Stats() {
 		case tr.Keys()[0]:
 			fmt.Printf("QUIC socket %s %v: %d reference (the transport's)\n", s.Key.Network, s.Key.Addr.Addr(), s.Refs)
 			for _, l := range s.Listeners {
-				fmt.Printf("  generation %d %v: accepting=%v conns=%d\n", l.Generation, l.Protocols, l.Accepting, l.Conns)
+				fmt.Printf("  epoch %d %v: accepting=%v conns=%d\n", l.Epoch, l.Protocols, l.Accepting, l.Conns)
 			}
 		}
 	}
 	// Unordered output:
 	// plain socket udp4 127.0.0.1: 2 references
 	// QUIC socket udp4 127.0.0.1: 1 reference (the transport's)
-	//   generation 1 [h3]: accepting=true conns=0
+	//   epoch 1 [h3]: accepting=true conns=0
 }
 
 // WithLeakReport finds handles that were dropped without Close: each is

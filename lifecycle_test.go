@@ -19,7 +19,7 @@ import (
 	"golang.org/x/net/nettest"
 )
 
-// listenerStats returns the listener generations of the pool's only socket.
+// listenerStats returns the listener epochs of the pool's only socket.
 func listenerStats(t *testing.T, p *udppool.Pool) []udppool.ListenerStats {
 	t.Helper()
 	st := p.Stats()
@@ -29,16 +29,16 @@ func listenerStats(t *testing.T, p *udppool.Pool) []udppool.ListenerStats {
 	return st[0].Listeners
 }
 
-func generations(ls []udppool.ListenerStats) string {
+func epochs(ls []udppool.ListenerStats) string {
 	var s []string
 	for _, l := range ls {
-		s = append(s, fmt.Sprintf("gen%d accepting=%v conns=%d", l.Generation, l.Accepting, l.Conns))
+		s = append(s, fmt.Sprintf("gen%d accepting=%v conns=%d", l.Epoch, l.Accepting, l.Conns))
 	}
 	return strings.Join(s, "; ")
 }
 
 // TestShutdownDrains: an old listener's Shutdown waits for its connection
-// while the new generation accepts, keeps the port open for it even after
+// while the new epoch accepts, keeps the port open for it even after
 // every other user left, and then lets the socket go.
 func TestShutdownDrains(t *testing.T) {
 	needFamilies(t, v4)
@@ -68,11 +68,11 @@ func TestShutdownDrains(t *testing.T) {
 	waitNext := echoServer(next, "new:")
 	shut := make(chan error, 1)
 	go func() { shut <- old.Shutdown(ctx) }()
-	// Stats shows the old generation draining while the new one accepts.
-	for !strings.Contains(generations(listenerStats(t, p)), "gen1 accepting=false conns=1") && ctx.Err() == nil {
+	// Stats shows the old epoch draining while the new one accepts.
+	for !strings.Contains(epochs(listenerStats(t, p)), "gen1 accepting=false conns=1") && ctx.Err() == nil {
 		time.Sleep(time.Millisecond)
 	}
-	if got := generations(listenerStats(t, p)); got != "gen1 accepting=false conns=1; gen2 accepting=true conns=0" {
+	if got := epochs(listenerStats(t, p)); got != "gen1 accepting=false conns=1; gen2 accepting=true conns=0" {
 		t.Fatalf("during the reload: %s", got)
 	}
 	if tag := handshake(t, v4, dst, "echo"); tag != "new:" {
@@ -130,7 +130,7 @@ func TestShutdownDeadline(t *testing.T) {
 }
 
 // TestHTTP3SlowRequestAcrossReload: a slow HTTP/3 request on the old
-// generation completes while the new generation serves, and Stats shows the
+// epoch completes while the new epoch serves, and Stats shows the
 // old one draining to zero.
 func TestHTTP3SlowRequestAcrossReload(t *testing.T) {
 	needFamilies(t, v4)
@@ -138,7 +138,7 @@ func TestHTTP3SlowRequestAcrossReload(t *testing.T) {
 	tr := transport(t, p, "udp4", "127.0.0.1:0")
 	release := make(chan struct{})
 	started := make(chan struct{})
-	generation := func(name string) (*udppool.Listener, *http3.Server) {
+	epoch := func(name string) (*udppool.Listener, *http3.Server) {
 		ln, err := tr.Listen(http3.ConfigureTLSConfig(certs().ServerConfig()), nil)
 		if err != nil {
 			t.Fatal(err)
@@ -153,7 +153,7 @@ func TestHTTP3SlowRequestAcrossReload(t *testing.T) {
 		go srv.ServeListener(ln)
 		return ln, srv
 	}
-	oldLn, oldSrv := generation("gen1")
+	oldLn, oldSrv := epoch("gen1")
 	defer oldSrv.Close()
 	url := fmt.Sprintf("https://127.0.0.1:%d", portOf(tr))
 	get := func(rt *http3.Transport, path string) (string, error) {
@@ -181,7 +181,7 @@ func TestHTTP3SlowRequestAcrossReload(t *testing.T) {
 	<-started
 
 	// Load: clients make requests, each on a new connection, from before
-	// the reload until the old generation has drained.
+	// the reload until the old epoch has drained.
 	stopLoad := make(chan struct{})
 	var loadWG sync.WaitGroup
 	var loadMu sync.Mutex
@@ -216,7 +216,7 @@ func TestHTTP3SlowRequestAcrossReload(t *testing.T) {
 	}
 
 	// Reload while the slow request is in flight.
-	newLn, newSrv := generation("gen2")
+	newLn, newSrv := epoch("gen2")
 	defer newLn.Close()
 	defer newSrv.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), quicTimeout)
@@ -228,19 +228,19 @@ func TestHTTP3SlowRequestAcrossReload(t *testing.T) {
 	if body, err := get(newClient, "/fast"); err != nil || body != "gen2 served /fast" {
 		t.Fatalf("new request during the reload: %q, %v", body, err)
 	}
-	t.Logf("during the reload: %s", generations(listenerStats(t, p)))
+	t.Logf("during the reload: %s", epochs(listenerStats(t, p)))
 	close(release)
 	if body := <-slow; body != "gen1 served /slow" {
 		t.Fatalf("slow request across the reload: %q", body)
 	}
-	oldClient.Close() // the old client leaves: the old generation drains
+	oldClient.Close() // the old client leaves: the old epoch drains
 	if err := <-drained; err != nil {
-		t.Fatalf("old generation did not drain: %v", err)
+		t.Fatalf("old epoch did not drain: %v", err)
 	}
-	got := generations(listenerStats(t, p))
+	got := epochs(listenerStats(t, p))
 	t.Logf("after the drain: %s", got)
 	if strings.Contains(got, "gen1") {
-		t.Fatalf("old generation still listed after draining: %s", got)
+		t.Fatalf("old epoch still listed after draining: %s", got)
 	}
 	close(stopLoad)
 	loadWG.Wait()

@@ -34,7 +34,7 @@ type Listener struct {
 	quic   *quic.Config
 	protos []string
 
-	gen uint64 // generation: the listeners of a socket are numbered from 1
+	epoch uint64 // the listeners of a socket are numbered from 1
 
 	closeCode   quic.ApplicationErrorCode // see WithCloseCode
 	closeReason string
@@ -278,7 +278,7 @@ func (l *Listener) checkDrained() {
 		case <-l.drained:
 		default:
 			close(l.drained)
-			l.log().Info("udppool: listener generation drained", keyAttr(l.t.key), genAttr(l.gen))
+			l.log().Info("udppool: listener epoch drained", keyAttr(l.t.key), epochAttr(l.epoch))
 		}
 	}
 }
@@ -324,7 +324,7 @@ func (l *Listener) stop() bool {
 	}
 	conns := len(l.conns)
 	l.mu.Unlock()
-	l.log().Info("udppool: listener generation retired", keyAttr(l.t.key), genAttr(l.gen),
+	l.log().Info("udppool: listener epoch retired", keyAttr(l.t.key), epochAttr(l.epoch),
 		slog.Int("conns", conns))
 	for _, st := range l.t.parts {
 		st.removeListener(l)
@@ -356,13 +356,13 @@ func (l *Listener) release() {
 	}
 }
 
-// ListenerStats describes one generation of listeners on a socket.
+// ListenerStats describes one epoch of listeners on a socket.
 type ListenerStats struct {
-	Generation uint64   // listeners of a socket are numbered from 1
-	Accepting  bool     // false once closed, while its connections drain
-	Conns      int      // connections it accepted that are still open
-	Accepted   uint64   // connections it ever accepted
-	Protocols  []string // its ALPN protocols
+	Epoch     uint64   // listeners of a socket are numbered from 1
+	Accepting bool     // false once closed, while its connections drain
+	Conns     int      // connections it accepted that are still open
+	Accepted  uint64   // connections it ever accepted
+	Protocols []string // its ALPN protocols
 
 	// How the connections it accepted have ended so far (see DrainStats):
 	// closed without being asked, closed after a drain asked them to go,
@@ -381,13 +381,13 @@ func (st *sharedTransport) stats() []ListenerStats {
 	for l := range st.all {
 		l.mu.Lock()
 		out = append(out, ListenerStats{
-			Generation: l.gen, Accepting: !l.closed, Conns: len(l.conns), Accepted: l.accepted, Protocols: l.protos,
+			Epoch: l.epoch, Accepting: !l.closed, Conns: len(l.conns), Accepted: l.accepted, Protocols: l.protos,
 			EndedByThemselves: l.ended[endedByThemselves],
 			EndedByGoAway:     l.ended[endedByGoAway],
 			EndedByDeadline:   l.ended[endedByDeadline],
 		})
 		l.mu.Unlock()
 	}
-	slices.SortFunc(out, func(a, b ListenerStats) int { return cmp.Compare(a.Generation, b.Generation) })
+	slices.SortFunc(out, func(a, b ListenerStats) int { return cmp.Compare(a.Epoch, b.Epoch) })
 	return out
 }

@@ -29,9 +29,10 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// TestLogger: the pool logs sockets bound and closed, listener generations
-// opened, retired and drained, and the first send error of each kind, with
-// the key and generation as attributes.
+// TestLogger: the pool logs sockets bound and closed, listener epochs
+// opened, retired and drained, and the first send error of each kind, at
+// the levels WithLogger documents, with the key and epoch as attributes
+// ("epoch", never "generation", which names the process's count).
 func TestLogger(t *testing.T) {
 	needIPv4(t)
 	var buf syncBuffer
@@ -56,16 +57,20 @@ func TestLogger(t *testing.T) {
 
 	out := buf.String()
 	for _, want := range []string{
-		`msg="udppool: socket bound" key="` + key + `"`,
-		`msg="udppool: send failed; the socket stays`,
-		`msg="udppool: socket closed" key="` + key + `"`,
-		`msg="udppool: listener generation opened" key="` + trKey + `" generation=1`,
-		`msg="udppool: listener generation retired" key="` + trKey + `" generation=1 conns=0`,
-		`msg="udppool: listener generation drained" key="` + trKey + `" generation=1`,
+		// The levels are those WithLogger documents.
+		`level=DEBUG msg="udppool: socket bound" key="` + key + `"`,
+		`level=WARN msg="udppool: send failed; the socket stays`,
+		`level=DEBUG msg="udppool: socket closed" key="` + key + `"`,
+		`level=INFO msg="udppool: listener epoch opened" key="` + trKey + `" epoch=1`,
+		`level=INFO msg="udppool: listener epoch retired" key="` + trKey + `" epoch=1 conns=0`,
+		`level=INFO msg="udppool: listener epoch drained" key="` + trKey + `" epoch=1`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("log lacks %s\n%s", want, out)
 		}
+	}
+	if strings.Contains(out, "generation") {
+		t.Errorf("the pool's records name a listener's epoch a generation:\n%s", out)
 	}
 	if n := strings.Count(out, "send failed"); n != 1 {
 		t.Errorf("%d log lines for three send errors of one kind, want 1", n)

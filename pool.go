@@ -625,12 +625,13 @@ type SocketStats struct {
 	// "invalid argument" for a destination with port 0. They fail the one
 	// send and never close the socket.
 	SendErrors map[string]uint64
-	// Listeners lists the QUIC listener generations on the socket that
-	// accept or still have connections, oldest first; during a reload the
-	// old generation drains to zero connections while the new one
-	// accepts. Generation is the newest generation's number.
-	Listeners  []ListenerStats
-	Generation uint64
+	// Listeners lists the QUIC listener epochs on the socket that accept
+	// or still have connections, oldest first; during a reload the old
+	// epoch drains to zero connections while the new one accepts. Epoch is
+	// the newest epoch's number. (An epoch is a listener's reload count on
+	// its socket; Upgrader.Generation counts processes.)
+	Listeners []ListenerStats
+	Epoch     uint64
 	// ConnsRefused counts QUIC connections that completed a handshake but
 	// that the pool closed because no listener could take them: none was
 	// open, or the newest one's accept queue was full.
@@ -675,7 +676,7 @@ func (p *Pool) Stats() []SocketStats {
 		stats[i].ConnsRefused = st.refused.Load()
 		stats[i].Listeners = st.stats()
 		if n := len(stats[i].Listeners); n > 0 {
-			stats[i].Generation = stats[i].Listeners[n-1].Generation
+			stats[i].Epoch = stats[i].Listeners[n-1].Epoch
 		}
 	}
 	slices.SortFunc(stats, func(a, b SocketStats) int {

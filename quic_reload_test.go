@@ -29,7 +29,7 @@ func openFDs() int {
 
 // TestReloadUnderLoad reloads the listener of a dual-stack transport 100
 // times while IPv4 and IPv6 clients handshake without pause: no handshake
-// may fail, and a connection accepted by each old generation keeps working
+// may fail, and a connection accepted by each old epoch keeps working
 // until the end.
 func TestReloadUnderLoad(t *testing.T) { reloadUnderLoad(t, 100) }
 
@@ -118,7 +118,7 @@ func reloadUnderLoad(t *testing.T, reloads int) {
 		}
 	}
 
-	// Keep one connection of every tenth generation open across later
+	// Keep one connection of every tenth epoch open across later
 	// reloads.
 	type held struct {
 		conn *quic.Conn
@@ -131,7 +131,7 @@ func reloadUnderLoad(t *testing.T, reloads int) {
 			c := clients[len(kept)%len(clients)]
 			tag, conn, ctr, err := roundTrip(ctx, clientConn(t, c), netip.AddrPortFrom(c, port), "echo")
 			if err != nil {
-				t.Fatalf("generation %d: %v", gen-1, err)
+				t.Fatalf("epoch %d: %v", gen-1, err)
 			}
 			kept = append(kept, held{conn, ctr, tag})
 		}
@@ -140,7 +140,7 @@ func reloadUnderLoad(t *testing.T, reloads int) {
 			t.Fatal(err)
 		}
 		ln = next
-		// Let some handshakes land on each generation.
+		// Let some handshakes land on each epoch.
 		for start := ok.Load() + failed.Load(); ok.Load()+failed.Load() < start+2 && ctx.Err() == nil; {
 			time.Sleep(100 * time.Microsecond)
 		}
@@ -160,7 +160,7 @@ func reloadUnderLoad(t *testing.T, reloads int) {
 	for _, w := range waits {
 		w()
 	}
-	t.Logf("%d reloads, %d handshakes ok, %d failed, %d old-generation connections kept", reloads, ok.Load(), failed.Load(), len(kept))
+	t.Logf("%d reloads, %d handshakes ok, %d failed, %d old-epoch connections kept", reloads, ok.Load(), failed.Load(), len(kept))
 	if failed.Load() != 0 {
 		t.Errorf("%d failed handshakes, first: %v", failed.Load(), failures[:min(len(failures), 5)])
 	}

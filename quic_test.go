@@ -316,7 +316,7 @@ func TestReloadHandOff(t *testing.T) {
 }
 
 // TestNewestListenerTakesHandshakes: with several listeners of one protocol
-// open at once (a reload whose old generations have not closed yet), every
+// open at once (a reload whose old epochs have not closed yet), every
 // new handshake goes to the newest; closing it hands new handshakes to the
 // newest that is left, never to an older one.
 func TestNewestListenerTakesHandshakes(t *testing.T) {
@@ -340,14 +340,14 @@ func TestNewestListenerTakesHandshakes(t *testing.T) {
 			waits[i]()
 		}
 	}()
-	if st := p.Stats(); len(st) != 1 || st[0].Generation != 3 || len(st[0].Listeners) != 3 {
+	if st := p.Stats(); len(st) != 1 || st[0].Epoch != 3 || len(st[0].Listeners) != 3 {
 		t.Fatalf("stats with three listeners open: %+v", st)
 	}
 	for newest := 3; newest >= 1; newest-- {
 		want := fmt.Sprintf("gen%d:", newest)
 		for range 2 {
 			if tag := handshake(t, v4, dst, "echo"); tag != want {
-				t.Fatalf("with generations 1 to %d open, a new handshake reached %q, want %q", newest, tag, want)
+				t.Fatalf("with epochs 1 to %d open, a new handshake reached %q, want %q", newest, tag, want)
 			}
 		}
 		if err := lns[newest-1].Close(); err != nil {

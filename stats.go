@@ -11,7 +11,7 @@ import (
 // String formats s on one line, as key=value pairs in the manner of
 // log/slog's text handler, for logs and a quick look at Pool.Stats:
 //
-//	udp4 127.0.0.1:443 refs=2 age=1m3.2s generation=2 conns_refused=0 listeners=[...] send_errors={invalid argument:1}
+//	udp4 127.0.0.1:443 refs=2 age=1m3.2s epoch=2 conns_refused=0 listeners=[...] send_errors={invalid argument:1}
 //
 // Fields that are zero and say nothing (no listeners, no send errors, not
 // dead) are left out. The format is for people; programs read the fields.
@@ -25,8 +25,8 @@ func (s SocketStats) String() string {
 	if s.Dead != nil {
 		fmt.Fprintf(&b, " dead=%q", s.Dead.Error())
 	}
-	if len(s.Listeners) > 0 || s.Generation > 0 || s.ConnsRefused > 0 {
-		fmt.Fprintf(&b, " generation=%d conns_refused=%d listeners=[", s.Generation, s.ConnsRefused)
+	if len(s.Listeners) > 0 || s.Epoch > 0 || s.ConnsRefused > 0 {
+		fmt.Fprintf(&b, " epoch=%d conns_refused=%d listeners=[", s.Epoch, s.ConnsRefused)
 		for i, l := range s.Listeners {
 			if i > 0 {
 				b.WriteByte(' ')
@@ -52,7 +52,7 @@ func (s SocketStats) String() string {
 
 // String formats s on one line, as key=value pairs:
 //
-//	generation=2 accepting conns=3 accepted=40 protocols=[h3] ended_by_themselves=37 ended_by_goaway=0 ended_by_deadline=0
+//	epoch=2 accepting conns=3 accepted=40 protocols=[h3] ended_by_themselves=37 ended_by_goaway=0 ended_by_deadline=0
 //
 // "accepting" becomes "draining" once the listener is closed.
 func (s ListenerStats) String() string {
@@ -60,14 +60,14 @@ func (s ListenerStats) String() string {
 	if !s.Accepting {
 		state = "draining"
 	}
-	return fmt.Sprintf("generation=%d %s conns=%d accepted=%d protocols=%v ended_by_themselves=%d ended_by_goaway=%d ended_by_deadline=%d",
-		s.Generation, state, s.Conns, s.Accepted, s.Protocols, s.EndedByThemselves, s.EndedByGoAway, s.EndedByDeadline)
+	return fmt.Sprintf("epoch=%d %s conns=%d accepted=%d protocols=%v ended_by_themselves=%d ended_by_goaway=%d ended_by_deadline=%d",
+		s.Epoch, state, s.Conns, s.Accepted, s.Protocols, s.EndedByThemselves, s.EndedByGoAway, s.EndedByDeadline)
 }
 
 // String formats s on one line, as key=value pairs:
 //
-//	generation=1 conns=5 ended_by_themselves=2 ended_by_goaway=3 ended_by_deadline=0
+//	epoch=1 conns=5 ended_by_themselves=2 ended_by_goaway=3 ended_by_deadline=0
 func (s DrainStats) String() string {
-	return fmt.Sprintf("generation=%d conns=%d ended_by_themselves=%d ended_by_goaway=%d ended_by_deadline=%d",
-		s.Generation, s.Conns, s.EndedByThemselves, s.EndedByGoAway, s.EndedByDeadline)
+	return fmt.Sprintf("epoch=%d conns=%d ended_by_themselves=%d ended_by_goaway=%d ended_by_deadline=%d",
+		s.Epoch, s.Conns, s.EndedByThemselves, s.EndedByGoAway, s.EndedByDeadline)
 }

@@ -17,7 +17,7 @@ import (
 // reload a session made with the previous listener's certificate (a
 // configuration that GetConfigForClient returns without ticket keys of its
 // own uses those of the shared transport's configuration, common to every
-// generation), and a connection would use the replaced certificate after
+// epoch), and a connection would use the replaced certificate after
 // the drain that was to end them. So every session a listener issues is
 // marked with its TLS identity (see ticketTag), and a listener resumes
 // only sessions bearing its own mark. Sessions are encrypted with the

@@ -388,7 +388,7 @@ type sharedTransport struct {
 	mu        sync.Mutex
 	listeners []*Listener        // open logical listeners, oldest first
 	all       map[*Listener]bool // listeners holding a reference, open or draining
-	gens      uint64             // generations handed out
+	epochs    uint64             // epochs handed out
 
 	pumpOnce sync.Once
 	packets  chan nonQUICPacket
@@ -666,12 +666,12 @@ func (st *sharedTransport) addListener(l *Listener) error {
 	}
 	st.listeners = append(st.listeners, l)
 	st.all[l] = true
-	st.gens++
-	if l.gen == 0 {
-		l.gen = st.gens
+	st.epochs++
+	if l.epoch == 0 {
+		l.epoch = st.epochs
 	}
 	st.mu.Unlock()
-	st.pool.opts.log.Info("udppool: listener generation opened", keyAttr(st.entry.key), genAttr(l.gen),
+	st.pool.opts.log.Info("udppool: listener epoch opened", keyAttr(st.entry.key), epochAttr(l.epoch),
 		slog.Any("protocols", l.protos))
 	if running {
 		return nil

@@ -79,8 +79,8 @@ func ExampleServer_Reload() {
 		log.Fatal(err)
 	}
 	ds := <-drained
-	fmt.Printf("generation %d drained: %d connection, %d left on the GOAWAY, %d closed at the deadline\n",
-		ds.Generation, ds.Conns, ds.EndedByGoAway, ds.EndedByDeadline)
+	fmt.Printf("epoch %d drained: %d connection, %d left on the GOAWAY, %d closed at the deadline\n",
+		ds.Epoch, ds.Conns, ds.EndedByGoAway, ds.EndedByDeadline)
 	get()
 
 	if err := srv.Shutdown(ctx); err != nil {
@@ -88,7 +88,7 @@ func ExampleServer_Reload() {
 	}
 	// Output:
 	// 200 OK hello with the certificate for first.example
-	// generation 1 drained: 1 connection, 1 left on the GOAWAY, 0 closed at the deadline
+	// epoch 1 drained: 1 connection, 1 left on the GOAWAY, 0 closed at the deadline
 	// 200 OK hello with the certificate for second.example
 }
 
@@ -106,7 +106,7 @@ func ExampleServer() {
 		Handler:   http.FileServer(http.Dir("/var/www")),
 		Grace:     10 * time.Second,
 		Drained: func(ds udppool.DrainStats) {
-			log.Printf("generation %d drained: %+v", ds.Generation, ds)
+			log.Printf("epoch %d drained: %+v", ds.Epoch, ds)
 		},
 	}
 	load := func() *tls.Config {
@@ -139,7 +139,7 @@ func ExampleServer() {
 }
 
 // A reload that changes the routes along with the certificate: the new
-// generation answers with the new mux, while connections of the retired one
+// epoch answers with the new mux, while connections of the retired one
 // finish their requests with the old.
 func ExampleWithHandler() {
 	pool := udppool.New()
@@ -164,7 +164,7 @@ func ExampleWithHandler() {
 	for {
 		tlsConf, mux := load()
 		if err := srv.Reload(tlsConf, nil, h3.WithHandler(mux)); err != nil {
-			log.Print(err) // the current generation keeps serving
+			log.Print(err) // the current epoch keeps serving
 		}
 		<-hup
 	}

@@ -82,14 +82,14 @@ func (f *family) record(o outcome, long bool) {
 // requests back to back on a dual-stack socket, and others make long
 // requests that each span several reloads. No request may fail: a request
 // the server rejected unprocessed is retried by quic-go's client, and such
-// retries are counted apart. Every retired generation must drain by its
+// retries are counted apart. Every retired epoch must drain by its
 // clients leaving on the GOAWAY, none cut at the grace period, and no
-// request that starts after a generation drained may be answered with that
-// generation's certificate.
+// request that starts after an epoch drained may be answered with that
+// epoch's certificate.
 func TestHundredReloads(t *testing.T) { reloadUnderLoad(t, 100) }
 
 // TestReloadsSplitStack runs the same load on a "udp" wildcard served by
-// an IPv4 and an IPv6 socket, one listener generation spanning both.
+// an IPv4 and an IPv6 socket, one listener epoch spanning both.
 func TestReloadsSplitStack(t *testing.T) {
 	if !nettest.SupportsIPv4() || !nettest.SupportsIPv6() {
 		t.Skip("needs IPv4 and IPv6 loopback")
@@ -116,7 +116,7 @@ func reloadUnderLoad(t *testing.T, reloads int, opts ...udppool.Option) {
 
 	auth := newCA(t, "test CA")
 	certs := make([]tls.Certificate, reloads+1)
-	genOf := make(map[string]uint64) // leaf certificate to listener generation
+	genOf := make(map[string]uint64) // leaf certificate to listener epoch
 	for i := range certs {
 		certs[i] = auth.issue(t, false)
 		genOf[string(certs[i].Certificate[0])] = uint64(i + 1)
@@ -147,7 +147,7 @@ func reloadUnderLoad(t *testing.T, reloads int, opts ...udppool.Option) {
 		}
 	})
 
-	// Drains, recorded by generation. events orders drains and request
+	// Drains, recorded by epoch. events orders drains and request
 	// starts without looking at a clock.
 	var (
 		events     atomic.Int64
@@ -161,9 +161,9 @@ func reloadUnderLoad(t *testing.T, reloads int, opts ...udppool.Option) {
 	drained := func(ds udppool.DrainStats) {
 		drainMu.Lock()
 		defer drainMu.Unlock()
-		drainedAt[ds.Generation] = events.Add(1)
-		drainTimes[ds.Generation] = time.Since(retiredAt[ds.Generation])
-		drains[ds.Generation] = ds
+		drainedAt[ds.Epoch] = events.Add(1)
+		drainTimes[ds.Epoch] = time.Since(retiredAt[ds.Epoch])
+		drains[ds.Epoch] = ds
 		if len(drains) == reloads {
 			close(allDrained)
 		}
@@ -184,7 +184,7 @@ func reloadUnderLoad(t *testing.T, reloads int, opts ...udppool.Option) {
 		f.url = fmt.Sprintf(f.url, port(s))
 	}
 
-	var stale atomic.Int64 // requests answered with a drained generation's certificate
+	var stale atomic.Int64 // requests answered with a drained epoch's certificate
 	var clients sync.WaitGroup
 	var progress []*atomic.Int64 // requests done, per short client
 	client := func(f *family, path string, done *atomic.Int64) {
@@ -225,7 +225,7 @@ func reloadUnderLoad(t *testing.T, reloads int, opts ...udppool.Option) {
 	defer stopClients()
 
 	// Each reload waits until every short client has made a request since
-	// the previous one, so that every generation serves both families.
+	// the previous one, so that every epoch serves both families.
 	marks := make([]int64, len(progress))
 	for i := 1; i <= reloads; i++ {
 		end := time.Now().Add(testTimeout)
@@ -250,7 +250,7 @@ func reloadUnderLoad(t *testing.T, reloads int, opts ...udppool.Option) {
 	select {
 	case <-allDrained:
 	case <-time.After(testTimeout):
-		t.Fatalf("not every retired generation drained: %d of %d", len(drains), reloads)
+		t.Fatalf("not every retired epoch drained: %d of %d", len(drains), reloads)
 	}
 
 	// The table.
@@ -270,8 +270,8 @@ func reloadUnderLoad(t *testing.T, reloads int, opts ...udppool.Option) {
 		byGoAway += ds.EndedByGoAway
 		byDeadline += ds.EndedByDeadline
 	}
-	fmt.Fprintf(&b, "retired generations' connections: %d, ended by themselves %d, by GOAWAY %d, by the deadline %d\n", conns, byThemselves, byGoAway, byDeadline)
-	fmt.Fprintf(&b, "drain time per generation, 1 to %d (ms):", reloads)
+	fmt.Fprintf(&b, "retired epochs' connections: %d, ended by themselves %d, by GOAWAY %d, by the deadline %d\n", conns, byThemselves, byGoAway, byDeadline)
+	fmt.Fprintf(&b, "drain time per epoch, 1 to %d (ms):", reloads)
 	for i, d := range times {
 		if i%20 == 0 {
 			b.WriteString("\n ")
@@ -294,21 +294,21 @@ func reloadUnderLoad(t *testing.T, reloads int, opts ...udppool.Option) {
 		}
 	}
 	if byDeadline > 0 {
-		t.Errorf("%d connections were still open when their generation's grace period ended", byDeadline)
+		t.Errorf("%d connections were still open when their epoch's grace period ended", byDeadline)
 	}
 	for gen := uint64(1); gen <= uint64(reloads); gen++ {
 		if ds := drains[gen]; ds.Conns != ds.EndedByThemselves+ds.EndedByGoAway+ds.EndedByDeadline {
-			t.Errorf("generation %d: drain %+v does not account for every connection", gen, ds)
+			t.Errorf("epoch %d: drain %+v does not account for every connection", gen, ds)
 		}
 	}
 	if n := stale.Load(); n > 0 {
-		t.Errorf("%d requests started after a generation had drained were answered with its certificate", n)
+		t.Errorf("%d requests started after an epoch had drained were answered with its certificate", n)
 	}
-	// Only the current generation is left.
+	// Only the current epoch is left.
 	for _, st := range p.Stats() {
 		for _, l := range st.Listeners {
-			if l.Generation != uint64(reloads)+1 {
-				t.Errorf("generation %d still listed after its drain: %+v", l.Generation, l)
+			if l.Epoch != uint64(reloads)+1 {
+				t.Errorf("epoch %d still listed after its drain: %+v", l.Epoch, l)
 			}
 		}
 	}

@@ -1,9 +1,9 @@
 // Package h3 serves HTTP/3 on a pooled udppool.Transport and reloads its
 // TLS and QUIC configuration without closing the port or losing a request.
 //
-// Each Reload opens a new generation: a logical listener with the new
+// Each Reload opens a new epoch: a logical listener with the new
 // configuration, which takes every new handshake from then on. The
-// generation it replaces is retired: each of its connections gets a GOAWAY
+// epoch it replaces is retired: each of its connections gets a GOAWAY
 // frame, requests in flight finish, and clients that follow RFC 9114 close
 // their connections as soon as nothing is left on them (quic-go's client
 // does so at once when idle). Connections still open when the grace period
@@ -39,11 +39,11 @@ import (
 	"github.com/udppool/udppool"
 )
 
-// DefaultGrace is the grace period of a retired generation when
+// DefaultGrace is the grace period of a retired epoch when
 // Server.Grace is zero.
 const DefaultGrace = 30 * time.Second
 
-// A Server serves HTTP/3 on a pooled Transport, one generation per Reload.
+// A Server serves HTTP/3 on a pooled Transport, one epoch per Reload.
 // Set its fields before the first Reload and do not change them after.
 type Server struct {
 	// Transport is the pooled transport to serve on. The Server opens
@@ -51,12 +51,12 @@ type Server struct {
 	Transport *udppool.Transport
 
 	// Handler answers requests; nil means http.DefaultServeMux. A Reload
-	// with WithHandler replaces it for the connections of that generation
-	// and later ones, while the connections of retired generations keep
+	// with WithHandler replaces it for the connections of that epoch
+	// and later ones, while the connections of retired epochs keep
 	// the handler they were served with until they have drained.
 	Handler http.Handler
 
-	// Grace bounds the drain of a retired generation: connections still
+	// Grace bounds the drain of a retired epoch: connections still
 	// open when it has passed since the Reload that retired them are
 	// closed with H3_NO_ERROR, and requests still running on them are
 	// lost. Zero means DefaultGrace.
@@ -67,7 +67,7 @@ type Server struct {
 	Port int
 
 	// Drained, if not nil, is called on a goroutine of its own when a
-	// retired generation's connections have all ended, with how they did.
+	// retired epoch's connections have all ended, with how they did.
 	Drained func(udppool.DrainStats)
 
 	// The settings of every connection, as in http3.Server.
@@ -82,14 +82,14 @@ type Server struct {
 	handler  http.Handler // guarded by reloadMu; the latest WithHandler's
 
 	mu      sync.Mutex
-	cur     *generation // serving new connections; nil before the first Reload and after Shutdown
+	cur     *epoch // serving new connections; nil before the first Reload and after Shutdown
 	closed  bool
 	stop    context.Context // ends every drain at once
 	cutAll  context.CancelFunc
-	running sync.WaitGroup // generations, their connections and drains
+	running sync.WaitGroup // epochs, their connections and drains
 }
 
-// A ReloadOption changes what a Reload's generation serves besides its
+// A ReloadOption changes what a Reload's epoch serves besides its
 // TLS and QUIC configuration.
 type ReloadOption func(*reloadOptions)
 
@@ -97,10 +97,10 @@ type reloadOptions struct {
 	handler http.Handler
 }
 
-// WithHandler makes the new generation, and those of later Reloads that do
+// WithHandler makes the new epoch, and those of later Reloads that do
 // not name one, answer requests with h instead of Server.Handler, so that
 // a configuration reload can change routes as well as certificates.
-// Requests on connections of the generations it retires keep their
+// Requests on connections of the epochs it retires keep their
 // handler while they drain. A nil h is ignored.
 func WithHandler(h http.Handler) ReloadOption {
 	return func(o *reloadOptions) { o.handler = h }
@@ -108,9 +108,9 @@ func WithHandler(h http.Handler) ReloadOption {
 
 // Reload starts serving with tlsConf and quicConf (nil for quic-go's
 // defaults): the first call starts the Server, every later one replaces the
-// current generation. It returns once new handshakes go to the new
-// generation; the one it replaced drains in the background (see Grace and
-// Drained). If it fails, the current generation keeps serving.
+// current epoch. It returns once new handshakes go to the new
+// epoch; the one it replaced drains in the background (see Grace and
+// Drained). If it fails, the current epoch keeps serving.
 //
 // tlsConf is configured for HTTP/3 as http3.ConfigureTLSConfig does. With
 // quicConf.Allow0RTT, connections are served from their first flight (see
@@ -157,7 +157,7 @@ func (s *Server) Reload(tlsConf *tls.Config, quicConf *quic.Config, opts ...Relo
 			handler = h
 		}
 	}
-	g := &generation{s: s, ln: ln, handler: handler, conns: make(map[*quic.Conn]*conn)}
+	g := &epoch{s: s, ln: ln, handler: handler, conns: make(map[*quic.Conn]*conn)}
 
 	s.mu.Lock()
 	if s.closed { // Shutdown or Close came in between
@@ -198,10 +198,10 @@ func (s *Server) isClosed() bool {
 	return s.closed
 }
 
-// Shutdown retires the current generation as a Reload would, without a
-// successor, and waits until every generation has drained or ctx ends. It
+// Shutdown retires the current epoch as a Reload would, without a
+// successor, and waits until every epoch has drained or ctx ends. It
 // then closes the connections left, with H3_NO_ERROR, and returns ctx's
-// error. Generations retired earlier keep their own grace periods within
+// error. Epochs retired earlier keep their own grace periods within
 // ctx. After Shutdown, Reload fails with http.ErrServerClosed.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()

@@ -25,8 +25,8 @@ func hello(w http.ResponseWriter, r *http.Request) {
 }
 
 // TestServeAndReload: requests over IPv4 and IPv6 are served before and
-// after a reload, each by the certificate of the generation its connection
-// belongs to; the retired generation drains by GOAWAY alone. With 0-RTT
+// after a reload, each by the certificate of the epoch its connection
+// belongs to; the retired epoch drains by GOAWAY alone. With 0-RTT
 // allowed, connections are served from their first flight.
 func TestServeAndReload(t *testing.T) {
 	for _, conf := range []*quic.Config{nil, {Allow0RTT: true}} {
@@ -65,9 +65,9 @@ func serveAndReload(t *testing.T, quicConf *quic.Config) {
 	select {
 	case ds = <-drained:
 	case <-time.After(testTimeout):
-		t.Fatal("the first generation did not drain")
+		t.Fatal("the first epoch did not drain")
 	}
-	if want := (udppool.DrainStats{Generation: 1, Conns: len(hosts), EndedByGoAway: len(hosts)}); ds != want {
+	if want := (udppool.DrainStats{Epoch: 1, Conns: len(hosts), EndedByGoAway: len(hosts)}); ds != want {
 		t.Errorf("drain: %+v, want %+v", ds, want)
 	}
 	for i, host := range hosts {
@@ -207,9 +207,9 @@ func TestGraceEndsTheDrain(t *testing.T) {
 	select {
 	case ds = <-drained:
 	case <-time.After(testTimeout):
-		t.Fatal("the first generation did not drain")
+		t.Fatal("the first epoch did not drain")
 	}
-	if want := (udppool.DrainStats{Generation: 1, Conns: 3, EndedByGoAway: 1, EndedByDeadline: 2}); ds != want {
+	if want := (udppool.DrainStats{Epoch: 1, Conns: 3, EndedByGoAway: 1, EndedByDeadline: 2}); ds != want {
 		t.Errorf("drain: %+v, want %+v", ds, want)
 	}
 	if code, err := appError(stubborn); err != nil || code != quic.ApplicationErrorCode(http3.ErrCodeNoError) {
@@ -223,8 +223,8 @@ func TestGraceEndsTheDrain(t *testing.T) {
 		t.Errorf("request cut at the end of the grace period: %v after %d attempts, want H3_NO_ERROR and no retry", o.err, o.attempts)
 	}
 	for _, l := range p.Stats()[0].Listeners {
-		if l.Generation == 1 {
-			t.Errorf("the first generation is still listed: %+v", l)
+		if l.Epoch == 1 {
+			t.Errorf("the first epoch is still listed: %+v", l)
 		}
 	}
 }
@@ -278,11 +278,11 @@ func TestClientCARemoved(t *testing.T) {
 	}
 	select {
 	case ds := <-drained:
-		if want := (udppool.DrainStats{Generation: 1, Conns: 3, EndedByGoAway: 2, EndedByDeadline: 1}); ds != want {
+		if want := (udppool.DrainStats{Epoch: 1, Conns: 3, EndedByGoAway: 2, EndedByDeadline: 1}); ds != want {
 			t.Errorf("drain: %+v, want %+v", ds, want)
 		}
 	case <-time.After(testTimeout):
-		t.Fatal("the first generation did not drain")
+		t.Fatal("the first epoch did not drain")
 	}
 	if code, err := appError(stubborn); err != nil || code != quic.ApplicationErrorCode(http3.ErrCodeNoError) {
 		t.Errorf("the stubborn connection with the removed CA's certificate: code %#x, %v; want H3_NO_ERROR", code, err)
@@ -323,9 +323,9 @@ func TestShutdownLetsRequestsFinish(t *testing.T) {
 	<-entered
 	shut := make(chan error, 1)
 	go func() { shut <- s.Shutdown(context.Background()) }()
-	// Shutdown cannot return while the request runs; once the generation
+	// Shutdown cannot return while the request runs; once the epoch
 	// is no longer accepting, let the request finish.
-	waitFor(t, "the generation to stop accepting", func() bool {
+	waitFor(t, "the epoch to stop accepting", func() bool {
 		st := p.Stats()
 		return len(st) == 1 && len(st[0].Listeners) == 1 && !st[0].Listeners[0].Accepting
 	})
@@ -344,7 +344,7 @@ func TestShutdownLetsRequestsFinish(t *testing.T) {
 }
 
 // TestNoResumptionAcrossGenerations: a client that resumes TLS sessions
-// resumes within a generation, but not into the next one: a resumed
+// resumes within an epoch, but not into the next one: a resumed
 // session keeps the certificate (and client certificate checks) of the
 // handshake that made it, so resuming across a reload would let a
 // connection use the replaced certificate after its drain.
@@ -380,7 +380,7 @@ func TestNoResumptionAcrossGenerations(t *testing.T) {
 	}
 	resumed() // gets a session ticket
 	if ok, _ := resumed(); !ok {
-		t.Fatal("the client did not resume its session within a generation: the test proves nothing")
+		t.Fatal("the client did not resume its session within an epoch: the test proves nothing")
 	}
 	if err := s.Reload(serverTLS(second), nil); err != nil {
 		t.Fatal(err)
@@ -388,7 +388,7 @@ func TestNoResumptionAcrossGenerations(t *testing.T) {
 	select {
 	case <-drained:
 	case <-time.After(testTimeout):
-		t.Fatal("the first generation did not drain")
+		t.Fatal("the first epoch did not drain")
 	}
 	ok, leaf := resumed()
 	if ok || string(leaf) != string(second.Certificate[0]) {
@@ -396,7 +396,7 @@ func TestNoResumptionAcrossGenerations(t *testing.T) {
 	}
 }
 
-// TestReloadWithHandler: a Reload with WithHandler serves its generation's
+// TestReloadWithHandler: a Reload with WithHandler serves its epoch's
 // requests with the new handler, and later Reloads without one keep it.
 func TestReloadWithHandler(t *testing.T) {
 	auth := newCA(t, "test CA")
@@ -419,7 +419,7 @@ func TestReloadWithHandler(t *testing.T) {
 		if err := s.Reload(serverTLS(auth.issue(t, false)), nil, step.opts...); err != nil {
 			t.Fatal(err)
 		}
-		client := newClient(auth.pool(), nil) // a new connection, of the new generation
+		client := newClient(auth.pool(), nil) // a new connection, of the new epoch
 		o := get(context.Background(), client, fmt.Sprintf("https://%s:%d/x", host, port(s)))
 		client.Close()
 		if o.err != nil || o.body != step.want {

@@ -15,14 +15,14 @@ import (
 	"time"
 )
 
-// certSource returns the function that gives each listener generation its
+// certSource returns the function that gives each listener epoch its
 // certificate. With certFile and keyFile (PEM) it reads them anew each
 // time, so that a certificate renewed on disk is served from the next
 // reload on; a bad pair fails at start-up, and later only fails the reload.
 // Without them it makes a self-signed certificate for localhost, 127.0.0.1
 // and ::1, new at every reload but always for the same key, so that a
 // browser told to trust that key (see the ready line) trusts every
-// generation.
+// epoch.
 func certSource(certFile, keyFile string) (func() (tls.Certificate, error), error) {
 	if certFile != "" || keyFile != "" {
 		if certFile == "" || keyFile == "" {

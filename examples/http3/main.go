@@ -115,8 +115,8 @@ func run(ctx context.Context, o options) error {
 			return ctx
 		},
 		Drained: func(ds udppool.DrainStats) {
-			fmt.Fprintf(o.out, "generation %d drained: %d connections, %d ended by themselves, %d on GOAWAY, %d at the deadline\n",
-				ds.Generation, ds.Conns, ds.EndedByThemselves, ds.EndedByGoAway, ds.EndedByDeadline)
+			fmt.Fprintf(o.out, "epoch %d drained: %d connections, %d ended by themselves, %d on GOAWAY, %d at the deadline\n",
+				ds.Epoch, ds.Conns, ds.EndedByThemselves, ds.EndedByGoAway, ds.EndedByDeadline)
 		},
 	}
 	cert, err := o.newCert()
@@ -177,7 +177,7 @@ loop:
 	return nil
 }
 
-// serverConfig is the TLS configuration of a generation.
+// serverConfig is the TLS configuration of an epoch.
 func serverConfig(cert tls.Certificate) *tls.Config {
 	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
 }

@@ -109,8 +109,8 @@ func newClient(roots *x509.CertPool) *http3.Transport {
 // TestServeAcrossReloads serves on a dual-stack wildcard while reloading
 // every few milliseconds. Clients of each family the host has make
 // requests, each on a new connection, across several reloads; one more
-// client keeps its connection from the first generation until that
-// generation drains (its connection is asked to go), and its next request
+// client keeps its connection from the first epoch until that
+// epoch drains (its connection is asked to go), and its next request
 // is served on a new connection. The summary must count exactly the
 // connections the clients made.
 func TestServeAcrossReloads(t *testing.T) {
@@ -175,7 +175,7 @@ func TestServeAcrossReloads(t *testing.T) {
 		t.Skip("host has no loopback address")
 	}
 
-	// The long-lived client connects to the first generation.
+	// The long-lived client connects to the first epoch.
 	keep := newClient(certs.roots)
 	defer keep.Close()
 	if _, err := get(ctx, keep, fams[0].url); err != nil {
@@ -216,22 +216,22 @@ func TestServeAcrossReloads(t *testing.T) {
 		t.FailNow()
 	}
 
-	// The first generation drained: the long-lived client left on the
+	// The first epoch drained: the long-lived client left on the
 	// GOAWAY, and its next request goes to a new connection.
 	if certs.issued.Load() <= first {
 		t.Fatal("no reload since the first request")
 	}
-	for end := time.Now().Add(testTimeout); !strings.Contains(out.String(), "generation 1 drained:"); {
+	for end := time.Now().Add(testTimeout); !strings.Contains(out.String(), "epoch 1 drained:"); {
 		if time.Now().After(end) {
-			t.Fatalf("the first generation did not drain\n%s", out.String())
+			t.Fatalf("the first epoch did not drain\n%s", out.String())
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if !regexp.MustCompile(`generation 1 drained: [1-9]\d* connections, \d+ ended by themselves, [1-9]\d* on GOAWAY, 0 at the deadline`).MatchString(out.String()) {
-		t.Errorf("the first generation's drain:\n%s", out.String())
+	if !regexp.MustCompile(`epoch 1 drained: [1-9]\d* connections, \d+ ended by themselves, [1-9]\d* on GOAWAY, 0 at the deadline`).MatchString(out.String()) {
+		t.Errorf("the first epoch's drain:\n%s", out.String())
 	}
 	if _, err := get(ctx, keep, fams[0].url); err != nil {
-		t.Fatalf("request after the first generation drained: %v", err)
+		t.Fatalf("request after the first epoch drained: %v", err)
 	}
 	keep.Close()
 

@@ -13,8 +13,8 @@ import (
 	"github.com/udppool/udppool"
 )
 
-// A generation is one listener of a Server and the connections it accepted.
-type generation struct {
+// An epoch is one listener of a Server and the connections it accepted.
+type epoch struct {
 	s       *Server
 	ln      *udppool.Listener
 	handler http.Handler // never nil
@@ -24,7 +24,7 @@ type generation struct {
 }
 
 // A conn is one connection with an http3.Server of its own, so that its
-// GOAWAY can be timed apart from the other connections of its generation.
+// GOAWAY can be timed apart from the other connections of its epoch.
 type conn struct {
 	qc         *quic.Conn
 	srv        *http3.Server
@@ -112,7 +112,7 @@ func (c *conn) nextRequest() (next <-chan struct{}, served bool) {
 }
 
 // serve accepts connections until the listener is retired.
-func (g *generation) serve() {
+func (g *epoch) serve() {
 	for {
 		qc, err := g.ln.Accept(context.Background())
 		if err != nil {
@@ -136,7 +136,7 @@ func (g *generation) serve() {
 
 // conn returns the record of qc, making it if needed: a drain may ask a
 // connection to go before the accept loop has got to it.
-func (g *generation) conn(qc *quic.Conn) *conn {
+func (g *epoch) conn(qc *quic.Conn) *conn {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if c := g.conns[qc]; c != nil {
@@ -168,10 +168,10 @@ func (g *generation) conn(qc *quic.Conn) *conn {
 	return c
 }
 
-// retire drains the generation: a GOAWAY on every connection, and those
+// retire drains the epoch: a GOAWAY on every connection, and those
 // left closed when ctx ends. It returns once every connection has ended
 // and reports to Server.Drained.
-func (g *generation) retire(ctx context.Context) {
+func (g *epoch) retire(ctx context.Context) {
 	ds, _ := g.ln.Drain(ctx, g.goAway)
 	if g.s.Drained != nil {
 		g.s.Drained(ds)
@@ -189,12 +189,12 @@ func (g *generation) retire(ctx context.Context) {
 // client opens a request is what costs requests: the server rejects the
 // request, and quic-go's client sends it again on a new connection, but
 // only once, so a retry that a GOAWAY overtook in turn (the new
-// connection is one of a generation that a reload retires just then) would
+// connection is one of an epoch that a reload retires just then) would
 // be lost; and quic-go v0.65's client closes a connection that has no
 // request open when a GOAWAY comes, including one it has just opened and
 // not yet counted, which fails that request. Waiting for the request
 // avoids both in a client that sends back to back.
-func (g *generation) goAway(qc *quic.Conn) {
+func (g *epoch) goAway(qc *quic.Conn) {
 	c := g.conn(qc)
 	c.goAwayOnce.Do(func() {
 		g.s.running.Go(func() {
@@ -223,12 +223,12 @@ func (g *generation) goAway(qc *quic.Conn) {
 	})
 }
 
-// The least time an idle connection of a retired generation is given to
+// The least time an idle connection of a retired epoch is given to
 // send its next request before its GOAWAY goes out anyway; round trips on a
 // loopback or a LAN are far shorter than the time a busy client may take
 // to send it. A connection that has carried no request yet is given more:
 // it is most likely one that a client opened to send again a request that
-// an older generation rejected, which must not be rejected twice.
+// an older epoch rejected, which must not be rejected twice.
 const (
 	minRequestWait      = 100 * time.Millisecond
 	minFirstRequestWait = time.Second
