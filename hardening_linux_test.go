@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"testing/synctest"
@@ -359,5 +360,49 @@ func emfileChild(t *testing.T) {
 	buf := make([]byte, 8)
 	if n, _, err := c.ReadFrom(buf); err != nil || string(buf[:n]) != "v6" {
 		t.Fatalf("IPv6 datagram after EMFILE: %q, %v", buf[:n], err)
+	}
+}
+
+// TestIndexUnderChurn: acquires and releases of one literal spelling on
+// several goroutines, so that the socket closes and is bound again many
+// times while other acquires race through the fast path: every acquire
+// gets a working handle, and once all are closed the index holds nothing
+// (an entry indexed after it left the pool would stay there for good).
+func TestIndexUnderChurn(t *testing.T) {
+	needIPv4(t)
+	p := newPool(t)
+	c := listen(t, p, "udp4", "127.0.0.1:0")
+	sp := spelling{"udp4", c.LocalAddr().String()}
+	c.Close()
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for range 4 {
+		wg.Go(func() {
+			for range 300 {
+				h, err := p.ListenPacket(context.Background(), sp.network, sp.address)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if _, err := h.WriteTo([]byte("x"), h.LocalAddr()); err != nil {
+					errs <- err
+				}
+				h.Close()
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if e := p.index.get(sp); e != nil {
+		t.Fatalf("index holds an entry after every handle closed (in pool: %v)", p.entries[e.key] == e)
+	}
+	p.mu.Lock()
+	n := len(p.entries)
+	p.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d entries left", n)
 	}
 }

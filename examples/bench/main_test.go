@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -66,8 +65,12 @@ func TestProgram(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the benchmark program")
 	}
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go command to build the program with")
+	}
 	bin := filepath.Join(t.TempDir(), "bench")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+	if out, err := exec.Command(gobin, "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
 	run := func(args ...string) (string, int) {
@@ -107,8 +110,5 @@ func TestProgram(t *testing.T) {
 	table := strings.Index(out, "benchmark (median of rounds)")
 	if warn < 0 || table < 0 || warn < table || !strings.Contains(out[warn:], "sys_conn.go") {
 		t.Fatalf("quic-go's warning is not explained after the table:\n%s", out)
-	}
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatal(err)
 	}
 }
