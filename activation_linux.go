@@ -119,3 +119,60 @@ func takeActivated(k Key) (*socket, error) {
 	s.activated = a.name
 	return s, nil
 }
+
+// takeActivatedListener returns the activated TCP listening socket whose
+// address is the one network and address name, or nil.
+func takeActivatedListener(network, address string) *os.File {
+	want, err := net.ResolveTCPAddr(network, address)
+	if err != nil {
+		return nil
+	}
+	activation.once.Do(loadActivation)
+	activation.mu.Lock()
+	defer activation.mu.Unlock()
+	for i, f := range activation.others {
+		if listens(f, want) {
+			activation.others = append(activation.others[:i], activation.others[i+1:]...)
+			return f
+		}
+	}
+	return nil
+}
+
+// listens reports whether f is a listening TCP socket bound to want's
+// address: the same port, and the same address or both wildcards.
+func listens(f *os.File, want *net.TCPAddr) bool {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var sa unix.Sockaddr
+	var ok bool
+	rc.Control(func(fd uintptr) {
+		typ, err1 := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE)
+		acc, err2 := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
+		var err3 error
+		sa, err3 = unix.Getsockname(int(fd))
+		ok = err1 == nil && err2 == nil && err3 == nil && typ == unix.SOCK_STREAM && acc == 1
+	})
+	if !ok {
+		return false
+	}
+	var ip net.IP
+	var port int
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		ip, port = sa.Addr[:], sa.Port
+	case *unix.SockaddrInet6:
+		ip, port = sa.Addr[:], sa.Port
+	default:
+		return false
+	}
+	if port != want.Port {
+		return false
+	}
+	if want.IP == nil || want.IP.IsUnspecified() {
+		return ip.IsUnspecified()
+	}
+	return ip.Equal(want.IP)
+}

@@ -90,6 +90,11 @@ type Upgrader struct {
 	predInodes map[Key]uint64
 	predQUIC   map[Key]bool     // ... and serves QUIC on
 	inherited  map[Key]*os.File // the predecessor's sockets, not (yet) used
+	// tcp holds this process's copy of each TCP listening socket (see
+	// Listen), by the spelling it was asked for; tcpInherited those of the
+	// predecessor nobody has listened on yet.
+	tcp          map[spelling]*os.File
+	tcpInherited map[spelling]*os.File
 	// anyPort lists, in the predecessor's order, its sockets bound for a
 	// port 0 key, which this process's port 0 keys of the same address
 	// take over; ephemeral holds this process's own, for its successor.
@@ -237,20 +242,22 @@ func NewUpgrader(opts ...UpgradeOption) (*Upgrader, error) {
 // env the value of upgradeEnv), of a first generation otherwise.
 func newUpgrader(env string, started bool, opts ...UpgradeOption) (*Upgrader, error) {
 	u := &Upgrader{
-		opts:       upgradeOptions{readyTimeout: time.Minute, log: discardLogger},
-		conns:      make(map[string]*forwardConn),
-		socks:      make(map[Key]*socket),
-		predQUIC:   make(map[Key]bool),
-		joined:     make(map[Key]bool),
-		shared:     make(map[Key]bool),
-		predKeys:   make(map[Key]bool),
-		predInodes: make(map[Key]uint64),
-		inherited:  make(map[Key]*os.File),
-		ephemeral:  make(map[Key]bool),
-		predGone:   make(chan struct{}),
-		exit:       make(chan struct{}),
-		resumed:    make(chan struct{}),
-		handshakes: make(map[*handshake]struct{}),
+		opts:         upgradeOptions{readyTimeout: time.Minute, log: discardLogger},
+		conns:        make(map[string]*forwardConn),
+		socks:        make(map[Key]*socket),
+		predQUIC:     make(map[Key]bool),
+		joined:       make(map[Key]bool),
+		shared:       make(map[Key]bool),
+		predKeys:     make(map[Key]bool),
+		predInodes:   make(map[Key]uint64),
+		inherited:    make(map[Key]*os.File),
+		tcp:          make(map[spelling]*os.File),
+		tcpInherited: make(map[spelling]*os.File),
+		ephemeral:    make(map[Key]bool),
+		predGone:     make(chan struct{}),
+		exit:         make(chan struct{}),
+		resumed:      make(chan struct{}),
+		handshakes:   make(map[*handshake]struct{}),
 	}
 	for _, o := range opts {
 		o(&u.opts)
@@ -814,6 +821,7 @@ func (u *Upgrader) predecessorGone() {
 		f.Close()
 		delete(u.inherited, k)
 	}
+	u.closeTCP(true)
 	// Alone now: each socket of this process is the only one, at index 0,
 	// and must keep later joiners off until they are ready.
 	clear(u.joined)
@@ -852,6 +860,7 @@ func (u *Upgrader) Stop() error {
 		}
 	}
 	u.mu.Lock()
+	u.closeTCP(false)
 	if s := u.succ; s != nil {
 		s.ctrl.Write([]byte{msgGone})
 		s.close()

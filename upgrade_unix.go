@@ -31,6 +31,15 @@ type hello struct {
 	PredGen uint16
 	Key     []byte
 	Sockets []helloSocket
+	// Listeners are the TCP listening sockets (see Listen); their
+	// descriptors follow the sockets'.
+	Listeners []helloListener
+}
+
+// helloListener names a TCP listener as Listen was asked for it.
+type helloListener struct {
+	Network string
+	Address string
 }
 
 type helloSocket struct {
@@ -179,6 +188,14 @@ func (u *Upgrader) sendHello(s *peer) error {
 		}
 		p.mu.Unlock()
 	}
+	u.mu.Lock()
+	for sp, f := range u.tcp {
+		if fd, err := dupFile(f); err == nil {
+			fds = append(fds, fd)
+			h.Listeners = append(h.Listeners, helloListener{Network: sp.network, Address: sp.address})
+		}
+	}
+	u.mu.Unlock()
 	body, err := json.Marshal(h)
 	if err != nil {
 		return err
@@ -260,6 +277,15 @@ func (u *Upgrader) connectPredecessor(env string) error {
 			u.anyPort = append(u.anyPort, k)
 		}
 	}
+	for i, hl := range h.Listeners {
+		f := files[len(h.Sockets)+i]
+		sp := spelling{hl.Network, hl.Address}
+		if u.tcpInherited[sp] != nil {
+			f.Close()
+			continue
+		}
+		u.tcpInherited[sp] = f
+	}
 	u.pred = s
 	u.publish()
 	go u.watchPredecessor(s)
@@ -339,8 +365,8 @@ func readHelloFDs(ctrl *net.UnixConn, maxFDs int) (hello, []*os.File, error) {
 	if err := json.Unmarshal(buf[4:4+size], &h); err != nil {
 		return fail(err)
 	}
-	if len(h.Sockets) != len(files) {
-		return fail(fmt.Errorf("hello names %d sockets, %d descriptors came", len(h.Sockets), len(files)))
+	if len(h.Sockets)+len(h.Listeners) != len(files) {
+		return fail(fmt.Errorf("hello names %d sockets and %d listeners, %d descriptors came", len(h.Sockets), len(h.Listeners), len(files)))
 	}
 	return h, files, nil
 }
@@ -369,4 +395,19 @@ func (s *peer) kill() {
 // has no use for its exit status.
 func (s *peer) release() {
 	s.cmd.Process.Release()
+}
+
+// dupFile returns a close-on-exec duplicate of f's descriptor, without
+// f.Fd, which would put the socket, shared with the net package's copy,
+// into blocking mode.
+func dupFile(f *os.File) (int, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd, derr := -1, error(nil)
+	if err := rc.Control(func(sfd uintptr) { fd, derr = unix.FcntlInt(sfd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return -1, err
+	}
+	return fd, derr
 }

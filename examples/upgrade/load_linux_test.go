@@ -10,11 +10,13 @@ import (
 	"testing"
 )
 
-// A load is two clients that make request after request while servers
-// hand over: one keeps its connection (until the server sends it away),
-// the other opens a new connection for each request.
+// A load is four clients that make request after request while servers
+// hand over, two over HTTP/3 and two over HTTPS on TCP: of each, one keeps
+// its connection (until the server sends it away), the other opens a new
+// connection for each request.
 type load struct {
-	keep, fresh *keepAlive
+	keep, fresh       *keepAlive
+	tcpKeep, tcpFresh *keepAlive
 	cancel      context.CancelFunc
 	wg          sync.WaitGroup
 	reported    bool
@@ -28,9 +30,13 @@ func startLoad(t *testing.T, roots *x509.CertPool, url string) *load {
 		keep:   &keepAlive{roots: roots, url: url, changed: make(chan struct{})},
 		fresh:  &keepAlive{roots: roots, url: url, fresh: true, changed: make(chan struct{})},
 		cancel: cancel,
+
+		tcpKeep:  &keepAlive{roots: roots, url: url, tcp: true, changed: make(chan struct{})},
+		tcpFresh: &keepAlive{roots: roots, url: url, tcp: true, fresh: true, changed: make(chan struct{})},
 	}
-	l.wg.Go(func() { l.keep.run(ctx) })
-	l.wg.Go(func() { l.fresh.run(ctx) })
+	for _, k := range l.clients() {
+		l.wg.Go(func() { k.c.run(ctx) })
+	}
 	t.Cleanup(func() {
 		if !l.reported && t.Failed() {
 			l.report(t, "when the test failed")
@@ -40,11 +46,24 @@ func startLoad(t *testing.T, roots *x509.CertPool, url string) *load {
 	return l
 }
 
+type namedClient struct {
+	name string
+	c    *keepAlive
+}
+
+func (l *load) clients() []namedClient {
+	return []namedClient{
+		{"kept connection", l.keep}, {"new connections", l.fresh},
+		{"TCP, kept connection", l.tcpKeep}, {"TCP, new connections", l.tcpFresh},
+	}
+}
+
 // waitServed waits until each client has had n answers from a.
 func (l *load) waitServed(t *testing.T, a answer, n int) {
 	t.Helper()
-	l.keep.waitFor(t, fmt.Sprintf("%d answers of %+v on the kept connection", n, a), func() bool { return l.keep.answers[a] >= n })
-	l.fresh.waitFor(t, fmt.Sprintf("%d answers of %+v on new connections", n, a), func() bool { return l.fresh.answers[a] >= n })
+	for _, k := range l.clients() {
+		k.c.waitFor(t, fmt.Sprintf("%d answers of %+v, %s", n, a, k.name), func() bool { return k.c.answers[a] >= n })
+	}
 }
 
 func (l *load) stop() {
@@ -58,19 +77,16 @@ func (l *load) report(t *testing.T, what string) (requests, failed int) {
 	t.Helper()
 	l.stop()
 	l.reported = true
-	for _, c := range []struct {
-		name string
-		k    *keepAlive
-	}{{"kept connection", l.keep}, {"new connections", l.fresh}} {
-		c.k.mu.Lock()
+	for _, c := range l.clients() {
+		c.c.mu.Lock()
 		t.Logf("%s, %s: %d requests, %d failed, %d retried by the client, answers %v",
-			what, c.name, c.k.requests, len(c.k.errs), c.k.retried, c.k.answers)
-		if len(c.k.errs) > 0 {
-			t.Errorf("%s, %s: %d requests failed: %v", what, c.name, len(c.k.errs), c.k.errs)
+			what, c.name, c.c.requests, len(c.c.errs), c.c.retried, c.c.answers)
+		if len(c.c.errs) > 0 {
+			t.Errorf("%s, %s: %d requests failed: %v", what, c.name, len(c.c.errs), c.c.errs)
 		}
-		requests += c.k.requests
-		failed += len(c.k.errs)
-		c.k.mu.Unlock()
+		requests += c.c.requests
+		failed += len(c.c.errs)
+		c.c.mu.Unlock()
 	}
 	return requests, failed
 }

@@ -1,12 +1,14 @@
-// Command upgrade is an HTTP/3 server that upgrades itself without
-// dropping a connection: on SIGHUP it starts os.Executable() (typically a
-// new build of itself) as its successor, hands the port over, lets its own
-// connections finish within -drain, and exits 0.
+// Command upgrade is an HTTP/3 server, with HTTPS over TCP (HTTP/1.1 and
+// HTTP/2, announcing HTTP/3 by Alt-Svc) on the same port, that upgrades
+// itself without dropping a connection: on SIGHUP it starts
+// os.Executable() (typically a new build of itself) as its successor,
+// hands the UDP and TCP sockets over, lets its own connections finish
+// within -drain, and exits 0.
 //
 //	go build -o /tmp/h3up ./examples/upgrade && /tmp/h3up -listen :4433
-//	curl --http3-only -k https://localhost:4433/   # pid N gen 1
+//	curl -k https://localhost:4433/                # pid N gen 1 (TCP)
 //	kill -HUP <pid>                                # ready ... pid M gen 2
-//	curl --http3-only -k https://localhost:4433/   # pid M gen 2
+//	curl --http3-only -k https://localhost:4433/   # pid M gen 2 (where curl has HTTP/3)
 //
 // Each response names the serving process and its generation. Every
 // generation prints a line starting with "ready" when it serves, to the
@@ -32,6 +34,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -75,18 +78,39 @@ func run(listen, certFile, keyFile, pidFile string, drain time.Duration) error {
 	if err != nil {
 		return err
 	}
+	// HTTPS over TCP on the same port, in the same hand-over: browsers
+	// come this way first and learn of HTTP/3 from Alt-Svc.
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return err
+	}
+	tcpAddr := net.JoinHostPort(host, strconv.Itoa(tr.LocalAddr().(*net.UDPAddr).Port))
+	tl, err := upg.Listen(context.Background(), "tcp", tcpAddr)
+	if err != nil {
+		return err
+	}
+	hello := func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "pid %d gen %d\n", pid, gen)
+	}
 	drained := make(chan udppool.DrainStats, 1)
 	srv := &h3.Server{
 		Transport: tr,
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			fmt.Fprintf(w, "pid %d gen %d\n", pid, gen)
-		}),
-		Grace:   drain,
-		Drained: func(ds udppool.DrainStats) { drained <- ds },
+		Handler:   http.HandlerFunc(hello),
+		Grace:     drain,
+		Drained:   func(ds udppool.DrainStats) { drained <- ds },
 	}
 	if err := srv.Reload(&tls.Config{Certificates: []tls.Certificate{cert}}, nil); err != nil {
 		return err
 	}
+	https := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			srv.SetQUICHeaders(w.Header())
+			hello(w, r)
+		}),
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}},
+	}
+	served := make(chan error, 1)
+	go func() { served <- https.ServeTLS(tl, "", "") }()
 	if err := upg.Ready(); err != nil {
 		return err
 	}
@@ -123,12 +147,20 @@ wait:
 	// change nothing: the drain finishes.
 	fmt.Printf("draining pid %d gen %d\n", pid, gen)
 	ctx, cancel := context.WithTimeout(context.Background(), drain)
-	shut := make(chan error, 1)
+	shut := make(chan error, 2)
 	go func() { shut <- srv.Shutdown(ctx) }()
-	for draining := true; draining; {
+	go func() {
+		// Closes the listener (the successor accepts on its copy), lets
+		// requests finish and closes idle connections.
+		if err := https.Shutdown(ctx); err != nil {
+			https.Close() // the grace period is over
+		}
+		shut <- nil
+	}()
+	for draining := 2; draining > 0; {
 		select {
 		case <-shut:
-			draining = false
+			draining--
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
 				fmt.Printf("upgrade refused pid %d gen %d: draining\n", pid, gen)
@@ -138,6 +170,7 @@ wait:
 		}
 	}
 	cancel()
+	<-served
 	ds := <-drained
 	tr.Close()
 	if err := upg.Stop(); err != nil && !errors.Is(err, udppool.ErrUpgraderStopped) {

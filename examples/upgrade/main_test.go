@@ -83,11 +83,14 @@ func TestUpgrade(t *testing.T) {
 			}
 
 			ka := &keepAlive{roots: roots, url: url, changed: make(chan struct{})}
+			tcp := &keepAlive{roots: roots, url: url, tcp: true, changed: make(chan struct{})}
 			ctx, cancel := context.WithCancel(context.Background())
 			var wg sync.WaitGroup
 			wg.Go(func() { ka.run(ctx) })
+			wg.Go(func() { tcp.run(ctx) })
 			defer func() { cancel(); wg.Wait() }()
 			ka.waitFor(t, "20 answers of the first server", func() bool { return ka.answers[first.answer] >= 20 })
+			tcp.waitFor(t, "20 answers of the first server over TCP", func() bool { return tcp.answers[first.answer] >= 20 })
 
 			syscall.Kill(first.pid, syscall.SIGHUP)
 			next := s.wait("ready", 2)
@@ -113,16 +116,23 @@ func TestUpgrade(t *testing.T) {
 			}
 			s.reap(first.pid)
 			ka.waitFor(t, "20 more answers of the successor", func() bool { return ka.answers[next.answer] >= 40 })
+			tcp.waitFor(t, "20 answers of the successor over TCP", func() bool { return tcp.answers[next.answer] >= 20 })
 			cancel()
 			wg.Wait()
 
-			ka.mu.Lock()
-			t.Logf("keep-alive client: %d requests, answers %v, %d retried by the client (rejected or unusable connection), %d failed %v",
-				ka.requests, ka.answers, ka.retried, len(ka.errs), ka.errs)
-			if len(ka.errs) > 0 {
-				t.Errorf("%d requests failed: %v", len(ka.errs), ka.errs)
+			for _, k := range []*keepAlive{ka, tcp} {
+				proto := "HTTP/3"
+				if k.tcp {
+					proto = "HTTPS over TCP"
+				}
+				k.mu.Lock()
+				t.Logf("%s keep-alive client: %d requests, answers %v, %d retried by the client (rejected or unusable connection), %d failed %v",
+					proto, k.requests, k.answers, k.retried, len(k.errs), k.errs)
+				if len(k.errs) > 0 {
+					t.Errorf("%s: %d requests failed: %v", proto, len(k.errs), k.errs)
+				}
+				k.mu.Unlock()
 			}
-			ka.mu.Unlock()
 
 			syscall.Kill(next.pid, syscall.SIGTERM)
 			s.wait("exit", 2)
@@ -235,7 +245,7 @@ func parseAnswer(s string) (answer, bool) {
 // get makes one request and returns its answer and how many times the
 // client sent it: more than once if the server rejected it, or its
 // connection was going away, and the client sent it again.
-func get(ctx context.Context, h3 *http3.Transport, url string) (answer, int, error) {
+func get(ctx context.Context, rt http.RoundTripper, url string) (answer, int, error) {
 	ctx, cancel := context.WithTimeout(ctx, testTimeout)
 	defer cancel()
 	tries := 0
@@ -244,7 +254,7 @@ func get(ctx context.Context, h3 *http3.Transport, url string) (answer, int, err
 	if err != nil {
 		return answer{}, 0, err
 	}
-	resp, err := h3.RoundTrip(req)
+	resp, err := rt.RoundTrip(req)
 	if err != nil {
 		return answer{}, tries, err
 	}
@@ -273,11 +283,13 @@ func freshGet(t *testing.T, roots *x509.CertPool, url string) answer {
 }
 
 // keepAlive makes request after request, on one connection for as long as
-// the server keeps it, or on a new connection each if fresh.
+// the server keeps it, or on a new connection each if fresh; over HTTP/3,
+// or over HTTPS on TCP (HTTP/2) if tcp.
 type keepAlive struct {
 	roots *x509.CertPool
 	url   string
 	fresh bool
+	tcp   bool
 
 	mu       sync.Mutex
 	requests int
@@ -287,15 +299,27 @@ type keepAlive struct {
 	changed  chan struct{} // closed and replaced at each request
 }
 
+// client returns a new client and the function that closes its
+// connections.
+func (k *keepAlive) client() (http.RoundTripper, func()) {
+	tc := &tls.Config{RootCAs: k.roots}
+	if k.tcp {
+		t := &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true}
+		return t, t.CloseIdleConnections
+	}
+	t := &http3.Transport{TLSClientConfig: tc}
+	return t, func() { t.Close() }
+}
+
 func (k *keepAlive) run(ctx context.Context) {
-	h3 := &http3.Transport{TLSClientConfig: &tls.Config{RootCAs: k.roots}}
-	defer func() { h3.Close() }()
+	rt, closeClient := k.client()
+	defer func() { closeClient() }()
 	for range maxRequests {
 		if k.fresh {
-			h3.Close()
-			h3 = &http3.Transport{TLSClientConfig: &tls.Config{RootCAs: k.roots}}
+			closeClient()
+			rt, closeClient = k.client()
 		}
-		a, tries, err := get(ctx, h3, k.url)
+		a, tries, err := get(ctx, rt, k.url)
 		if ctx.Err() != nil {
 			return
 		}
