@@ -2,12 +2,15 @@ package udppool
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
@@ -18,6 +21,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"golang.org/x/net/bpf"
 )
 
 // Errors of process upgrades.
@@ -72,6 +76,9 @@ type Upgrader struct {
 	gen   uint16
 
 	state atomic.Pointer[routeState]
+	// forwarded counts the datagrams this process forwarded to the other
+	// generation: near zero where the kernel steers.
+	forwarded atomic.Uint64
 
 	// connsMu guards conns only; it is taken under Pool.mu when a
 	// transport is created, so nothing is locked while holding it.
@@ -356,6 +363,13 @@ func (u *Upgrader) bind(ctx context.Context, k Key, o bindOpts) (*socket, error)
 	if !steer {
 		return s, nil
 	}
+	if predHolds {
+		if err := u.checkGroup(k, s); err != nil {
+			s.conn.Close()
+			u.tellPredecessor(err)
+			return nil, err
+		}
+	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if f != nil {
@@ -492,6 +506,116 @@ func (u *Upgrader) steer(k Key, raw syscall.RawConn) error {
 	return nil
 }
 
+// checkGroup makes sure that s, just bound into the predecessor's
+// reuseport group of k, is at index 1 of it, behind the predecessor's
+// socket alone: the index that the programs of both generations assume.
+// A socket outside the process line (a stale server, anything of the same
+// user with SO_REUSEPORT) that joined the group before would otherwise
+// take the index meant for this process, and with it every new handshake.
+//
+// The check attaches a probe program that sends a marked datagram to index
+// 1 and everything else to index 0, as the predecessor's program does,
+// sends the marked datagram from loopback and waits for it on s, which
+// nobody reads yet. s joined last, so it is at index 1 exactly when the
+// group has two members. The group gets the predecessor's program back
+// before checkGroup returns. A member at index 1 that is not s receives
+// the marked datagram: 16 octets no QUIC stack takes for a packet.
+func (u *Upgrader) checkGroup(k Key, s *socket) error {
+	var mark [16]byte
+	rand.Read(mark[:])
+	probe := []bpf.Instruction{
+		bpf.LoadExtension{Num: bpf.ExtLen},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(len(mark)), SkipFalse: 5},
+		bpf.LoadAbsolute{Off: 0, Size: 4},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: binary.BigEndian.Uint32(mark[0:]), SkipFalse: 3},
+		bpf.LoadAbsolute{Off: 4, Size: 4},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: binary.BigEndian.Uint32(mark[4:]), SkipFalse: 1},
+		bpf.RetConstant{Val: 1},
+		bpf.RetConstant{Val: 0},
+	}
+	if err := attachProgram(s.raw, probe); err != nil {
+		return fmt.Errorf("steering %v: probing the reuseport group: %w", k, err)
+	}
+	found := probeGroup(k, s, mark[:])
+	u.mu.Lock()
+	var pred uint16
+	if u.pred != nil {
+		pred = u.pred.gen
+	}
+	ino := u.predInodes[k]
+	u.mu.Unlock()
+	if err := attachProgram(s.raw, steerProgram([]uint16{pred}, 0, false)); err != nil {
+		return fmt.Errorf("steering %v: %w", k, err)
+	}
+	if found {
+		return nil
+	}
+	ours := map[uint64]bool{s.inode: true}
+	if ino != 0 {
+		ours[ino] = true
+	}
+	if err := foreignError(k, ours); errors.Is(err, ErrForeignSocket) {
+		return fmt.Errorf("udppool: upgrade refused, the reuseport group has a member outside the process line: %w", err)
+	}
+	return fmt.Errorf("udppool: upgrade refused: %w of %v: this process's socket is not the second member of its reuseport group", ErrForeignSocket, k)
+}
+
+// probeGroup sends mark to k's address from loopback and reports whether
+// s receives it, trying a few times: loopback seldom drops, never thrice.
+func probeGroup(k Key, s *socket, mark []byte) bool {
+	var dsts []netip.Addr
+	switch a := k.Addr.Addr(); {
+	case !a.IsUnspecified():
+		dsts = []netip.Addr{a}
+	case k.Network == "udp4":
+		dsts = []netip.Addr{netip.MustParseAddr("127.0.0.1")}
+	case k.Network == "udp6":
+		dsts = []netip.Addr{netip.IPv6Loopback()}
+	default: // dual-stack: whichever loopback the host has
+		dsts = []netip.Addr{netip.IPv6Loopback(), netip.MustParseAddr("127.0.0.1")}
+	}
+	buf := make([]byte, 64)
+	for _, dst := range dsts {
+		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst, k.Addr.Port())))
+		if err != nil {
+			continue
+		}
+		for range 3 {
+			if _, err := c.Write(mark); err != nil {
+				break
+			}
+			s.conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			for {
+				n, err := s.conn.Read(buf)
+				if err != nil {
+					break // the deadline: not here, or lost
+				}
+				if bytes.Equal(buf[:n], mark) {
+					s.conn.SetReadDeadline(time.Time{})
+					c.Close()
+					return true
+				}
+			}
+		}
+		c.Close()
+	}
+	s.conn.SetReadDeadline(time.Time{})
+	return false
+}
+
+// tellPredecessor sends a successor's reason to give up to the
+// predecessor, whose Upgrade returns it; the successor exits after.
+func (u *Upgrader) tellPredecessor(err error) {
+	u.mu.Lock()
+	s := u.pred
+	u.mu.Unlock()
+	if s == nil {
+		return
+	}
+	msg := strings.ReplaceAll(err.Error(), "\n", " ")
+	s.ctrl.Write(append(append([]byte{msgFailed}, msg...), '\n'))
+}
+
 // attachProgram is attachSteering, replaced by tests that make it fail.
 var attachProgram = attachSteering
 
@@ -553,8 +677,9 @@ func (u *Upgrader) Ready() error {
 
 // Control messages after the hello.
 const (
-	msgReady = 'R' // successor to predecessor: serving
-	msgGone  = 'G' // predecessor to successor: its sockets are closed
+	msgReady  = 'R' // successor to predecessor: serving
+	msgFailed = 'F' // successor to predecessor: gives up, a line says why
+	msgGone   = 'G' // predecessor to successor: its sockets are closed
 )
 
 // Upgrade starts a successor and waits until it is ready, then hands over
@@ -667,6 +792,9 @@ func (u *Upgrader) awaitReady(ctx context.Context, s *peer) error {
 		return ctx.Err()
 	case err != nil:
 		return fmt.Errorf("successor exited: %w", err)
+	case b == msgFailed:
+		why, _ := r.ReadString('\n')
+		return fmt.Errorf("successor gave up: %s", strings.TrimSuffix(why, "\n"))
 	case b != msgReady:
 		return fmt.Errorf("unexpected control message %q", b)
 	}

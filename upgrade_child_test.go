@@ -35,6 +35,7 @@ const (
 	upgradeFailEnv  = "UDPPOOL_TEST_UPGRADE_FAIL"  // a file whose presence makes the next successor fail
 	upgradeModeEnv  = "UDPPOOL_TEST_UPGRADE_MODE"  // "inherit" forces inherited sockets
 	upgradeDrainEnv = "UDPPOOL_TEST_UPGRADE_DRAIN" // the drain grace period
+	upgradeTrustEnv = "UDPPOOL_TEST_UPGRADE_TRUST" // set: no WithRefuseForeign, the Upgrader's own check alone
 	testALPN        = "udppool-upgrade-test"
 )
 
@@ -74,7 +75,7 @@ func upgradeChild(port string) error {
 	}
 	pid, gen := os.Getpid(), u.Generation()
 	// Refusing foreign sockets must not refuse the predecessor's.
-	p := New(WithUpgrader(u), WithRefuseForeign(true))
+	p := New(WithUpgrader(u), WithRefuseForeign(os.Getenv(upgradeTrustEnv) == ""))
 	tr, err := p.Transport(context.Background(), "udp", ":"+port)
 	if err != nil {
 		return err
@@ -169,7 +170,7 @@ wait:
 	if err := goleak.Find(goleak.IgnoreTopFunction("os/signal.signal_recv"), goleak.IgnoreTopFunction("os/signal.loop")); err != nil {
 		leaks = strconv.Quote(err.Error())
 	}
-	fmt.Printf("exit pid %d gen %d sockets %d leaks %s\n", pid, gen, openSockets(), leaks)
+	fmt.Printf("exit pid %d gen %d sockets %d leaks %s forwarded %d\n", pid, gen, openSockets(), leaks, u.forwarded.Load())
 	return nil
 }
 

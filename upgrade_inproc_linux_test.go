@@ -73,6 +73,7 @@ func startInProcOn(t *testing.T, anyPort bool, opts ...UpgradeOption) *inProc {
 			upgradeChildEnv+"="+strconv.Itoa(asked),
 			upgradeDrainEnv+"=1s",
 			upgradeFailEnv+"="+filepath.Join(ip.failDir, "fail"),
+			upgradeTrustEnv+"=1", // the default must be safe
 		)
 		cmd.Stdout, cmd.Stderr = w, os.Stderr
 		ip.mu.Lock()
@@ -319,5 +320,75 @@ func TestUpgradePortZero(t *testing.T) {
 	defer cancel()
 	if a, err := requestAddr(ctx, fmt.Sprintf("127.0.0.1:%d", ip.port)); err != nil || !strings.HasPrefix(a, fmt.Sprintf("pid %d gen 2", b.pid)) {
 		t.Errorf("after the upgrade: %q, %v; want the successor on port %d", a, err, ip.port)
+	}
+}
+
+// TestUpgradeForeignSocketInGroup joins a plain same-user SO_REUSEPORT
+// socket to the server's port before the upgrade: the successor must find
+// that the group's index 1 is not its own and refuse the upgrade with an
+// error that names the foreign socket, and the old process serves on; the
+// foreign socket must get no handshake.
+func TestUpgradeForeignSocketInGroup(t *testing.T) {
+	ip := startInProc(t)
+	ip.serve()
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) })
+		return serr
+	}}
+	pc, err := lc.ListenPacket(context.Background(), "udp", fmt.Sprintf(":%d", ip.port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	foreign := pc.(*net.UDPConn)
+	ino, err := func() (uint64, error) {
+		rc, err := foreign.SyscallConn()
+		if err != nil {
+			return 0, err
+		}
+		return socketInode(rc)
+	}()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	err = waitErr(t, ip.upgradeAsync(), "Upgrade")
+	if err == nil {
+		t.Errorf("Upgrade succeeded with a foreign socket in the group")
+	} else {
+		if !errors.Is(err, ErrUpgradeFailed) {
+			t.Errorf("Upgrade: %v, want ErrUpgradeFailed", err)
+		}
+		if !strings.Contains(err.Error(), fmt.Sprintf("inode %d", ino)) {
+			t.Errorf("Upgrade's error does not name the foreign socket (inode %d): %v", ino, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	self := fmt.Sprintf("pid %d gen 1", os.Getpid())
+	for i := range 3 {
+		qctx, qcancel := context.WithTimeout(ctx, 2*time.Second)
+		a, err := requestAddr(qctx, fmt.Sprintf("127.0.0.1:%d", ip.port))
+		qcancel()
+		if err != nil || a != self {
+			t.Errorf("fresh request %d after the refused upgrade: %q, %v; want %q", i, a, err, self)
+		}
+	}
+	// What the foreign socket got: the probe at most, no handshake.
+	handshakes := 0
+	buf := make([]byte, 2048)
+	for {
+		foreign.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		n, err := foreign.Read(buf)
+		if err != nil {
+			break
+		}
+		if n >= 1200 {
+			handshakes++
+		}
+	}
+	if handshakes != 0 {
+		t.Errorf("the foreign socket received %d handshake datagrams", handshakes)
 	}
 }
