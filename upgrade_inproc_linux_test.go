@@ -67,13 +67,16 @@ func startInProcOn(t *testing.T, anyPort bool, opts ...UpgradeOption) *inProc {
 		t.Fatal(err)
 	}
 	go ip.read(out)
+	watch := watchPipe(t)
 	command := func(ctx context.Context) (*exec.Cmd, error) {
 		cmd := exec.Command(exe, "-test.run=^$")
+		cmd.ExtraFiles = []*os.File{watch}
 		cmd.Env = append(os.Environ(),
 			upgradeChildEnv+"="+strconv.Itoa(asked),
 			upgradeDrainEnv+"=1s",
 			upgradeFailEnv+"="+filepath.Join(ip.failDir, "fail"),
 			upgradeTrustEnv+"=1", // the default must be safe
+			upgradeWatchEnv+"=3",
 		)
 		cmd.Stdout, cmd.Stderr = w, os.Stderr
 		ip.mu.Lock()

@@ -91,6 +91,8 @@ func startServers(t *testing.T, setup upgradeSetup) *upgradeServers {
 	if setup.failDir != "" {
 		cmd.Env = append(cmd.Env, upgradeFailEnv+"="+filepath.Join(setup.failDir, "fail"))
 	}
+	cmd.ExtraFiles = []*os.File{watchPipe(t)}
+	cmd.Env = append(cmd.Env, upgradeWatchEnv+"=3")
 	if setup.uid != 0 {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(setup.uid), Gid: uint32(setup.uid)}}
 	}
