@@ -44,6 +44,39 @@ var (
 // started by Upgrade finds its control and forwarding descriptors.
 const upgradeEnv = "UDPPOOL_UPGRADE"
 
+// The Upgrader's states, as its fields under mu hold them, and what each
+// event does in each. Every transition takes mu; the receive path sees
+// the result through publish (routeState), the kernel through resteer.
+//
+//	state                         fields
+//	Joining   successor, before Ready   pred != nil, !ready
+//	Sharing   successor, pred drains    pred != nil, ready
+//	Alone     serving, no other         pred == nil, succ == nil, !handed
+//	Starting  Upgrade waits for Ready   upgrading, starting != nil
+//	Handed    successor took over       handed, succ != nil (exited once Exit closed)
+//	Stopped   after Stop                stopped
+//
+//	event             Joining          Sharing           Alone     Starting                      Handed                        Stopped
+//	successor ready   -                -                 -         Handed: publish, settle,      -                             successor killed,
+//	                                                               close Exit                                                  ErrUpgraderStopped
+//	successor gone    -                -                 -         Alone: kill, resteer, log,    Alone: accept, resteer,       -
+//	                                                               ErrUpgradeFailed              shared reset, log, Resumed
+//	                                                                                             closed, new Exit
+//	predecessor gone  Joining, alone   Alone: resteer    -         -                             -                             -
+//	                  in its groups    (errors logged),
+//	                                   predGone closed
+//	Ready             Sharing (or      nil               nil       -                             -                             ErrUpgraderStopped
+//	                  rolled back)
+//	Upgrade           waits for        waits for         Starting  ErrUpgradeInProgress          ErrUpgradeInProgress          ErrUpgraderStopped
+//	                  predecessor gone predecessor gone
+//	Stop              Stopped          Stopped           Stopped   Stopped: the wait for Ready   Stopped: 'gone' to the        ErrUpgraderStopped
+//	                                                               ends, successor killed        successor
+//
+// Signals are the application's: examples/upgrade
+// makes SIGHUP an Upgrade (refused with a line while one runs or while it
+// drains) and SIGTERM/SIGINT a drain and Stop; signals during a drain do
+// nothing but print a line.
+
 // An Upgrader hands the sockets of its pools over from a running process to
 // a new one (a new binary, typically) without closing the port and without
 // breaking a connection, for QUIC as well as for plain UDP.
