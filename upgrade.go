@@ -57,11 +57,12 @@ const upgradeEnv = "UDPPOOL_UPGRADE"
 //	Stopped   after Stop                stopped
 //
 //	event             Joining          Sharing           Alone     Starting                      Handed                        Stopped
-//	successor ready   -                -                 -         Handed: publish, settle,      -                             successor killed,
-//	                                                               close Exit                                                  ErrUpgraderStopped
+//	successor ready   -                -                 -         Handed: publish, park plain   -                             successor killed,
+//	                                                               sockets taken, settle, close                                ErrUpgraderStopped
+//	                                                               Exit
 //	successor gone    -                -                 -         Alone: kill, resteer, log,    Alone: accept, resteer,       -
 //	                                                               ErrUpgradeFailed              shared reset, log, Resumed
-//	                                                                                             closed, new Exit
+//	                                                                                             closed, new Exit, unpark
 //	predecessor gone  Joining, alone   Alone: resteer    -         -                             -                             -
 //	                  in its groups    (errors logged),
 //	                                   predGone closed
@@ -146,11 +147,12 @@ type Upgrader struct {
 	handshakes map[*handshake]struct{}
 	hsSettled  chan struct{} // closed when handshakes empties
 
-	predGone chan struct{} // closed once no predecessor is left
-	exit     chan struct{} // closed at the hand-over to a successor
-	exited   bool          // exit is closed
-	resumed  chan struct{} // closed when the successor of the last hand-over died
-	starting *peer         // a successor not yet ready
+	predGone chan struct{}   // closed once no predecessor is left
+	exit     chan struct{}   // closed at the hand-over to a successor
+	exited   bool            // exit is closed
+	resumed  chan struct{}   // closed when the successor of the last hand-over died
+	taken    map[string]bool // the sockets that successor took over, by Key.String()
+	starting *peer           // a successor not yet ready
 }
 
 // routeState is what the receive path needs to know, replaced as a whole
@@ -756,8 +758,9 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 	stopped := u.stopped
 	u.mu.Unlock()
 	err = ErrUpgraderStopped
+	var taken map[string]bool
 	if !stopped {
-		err = u.awaitReady(ctx, s)
+		taken, err = u.awaitReady(ctx, s)
 	}
 	if err != nil {
 		u.mu.Lock()
@@ -791,8 +794,10 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 	u.succ = s
 	u.handed = true
 	u.resumed = make(chan struct{})
+	u.taken = taken
 	u.publish()
 	u.mu.Unlock()
+	u.parkTaken(true)
 	go u.receive(s)
 	go u.watch(s)
 	// New handshakes go to the successor from now on; those already begun
@@ -811,7 +816,7 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 }
 
 // awaitReady waits for the successor's ready message.
-func (u *Upgrader) awaitReady(ctx context.Context, s *peer) error {
+func (u *Upgrader) awaitReady(ctx context.Context, s *peer) (taken map[string]bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, u.opts.readyTimeout)
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() { s.ctrl.SetReadDeadline(pastDeadline) })
@@ -822,20 +827,20 @@ func (u *Upgrader) awaitReady(ctx context.Context, s *peer) error {
 	b, err := r.ReadByte()
 	switch {
 	case ctx.Err() != nil:
-		return ctx.Err()
+		return nil, ctx.Err()
 	case err != nil:
-		return fmt.Errorf("successor exited: %w", err)
+		return nil, fmt.Errorf("successor exited: %w", err)
 	case b == msgFailed:
 		why, _ := r.ReadString('\n')
-		return fmt.Errorf("successor gave up: %s", strings.TrimSuffix(why, "\n"))
+		return nil, fmt.Errorf("successor gave up: %s", strings.TrimSuffix(why, "\n"))
 	case b != msgReady:
-		return fmt.Errorf("unexpected control message %q", b)
+		return nil, fmt.Errorf("unexpected control message %q", b)
 	}
-	taken := make(map[string]bool)
+	taken = make(map[string]bool)
 	for {
 		line, err := r.ReadString('\n')
 		if err != nil {
-			return fmt.Errorf("successor exited: %w", err)
+			return nil, fmt.Errorf("successor exited: %w", err)
 		}
 		if line == "\n" {
 			break
@@ -843,14 +848,34 @@ func (u *Upgrader) awaitReady(ctx context.Context, s *peer) error {
 		taken[strings.TrimSuffix(line, "\n")] = true
 	}
 	if err := s.ctrl.SetReadDeadline(time.Time{}); err != nil {
-		return err
+		return nil, err
 	}
 	// Only the sockets this successor took over are shared; one that an
 	// earlier successor took over and this one binds anew is not.
 	for _, f := range u.transports() {
 		f.shared.Store(taken[f.keyStr])
 	}
-	return nil
+	return taken, nil
+}
+
+// parkTaken stops (on) or resumes this process's reads of the plain
+// sockets that the successor took over and reads itself: the datagrams
+// of a plain socket are the newest generation's, and a shared socket
+// gives each to whichever process reads first. The handles keep their
+// writes, deadlines and Close. Pool.mu is taken, so u.mu must not be held.
+func (u *Upgrader) parkTaken(on bool) {
+	u.mu.Lock()
+	pools, taken := slices.Clone(u.pools), u.taken
+	u.mu.Unlock()
+	for _, p := range pools {
+		p.mu.Lock()
+		for k, e := range p.entries {
+			if taken[k.String()] && e.sock != nil && e.qt == nil && !e.quic.Load() {
+				e.sock.gates[dirRead].park(on, dirRead)
+			}
+		}
+		p.mu.Unlock()
+	}
 }
 
 // watch notices the successor's exit. One that exits before this process
@@ -865,16 +890,27 @@ func (u *Upgrader) watch(s *peer) {
 		}
 	}
 	close(s.gone)
+	if u.successorGone(s) {
+		u.parkTaken(false)
+		u.mu.Lock()
+		u.taken = nil
+		u.mu.Unlock()
+	}
+}
+
+// successorGone forgets successor s, and reports whether this process
+// takes the port back.
+func (u *Upgrader) successorGone(s *peer) bool {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.succ != s {
-		return
+		return false
 	}
 	u.succ = nil
 	s.close()
 	if u.stopped {
 		u.publish()
-		return
+		return false
 	}
 	u.log.Error("udppool: successor exited after taking over; this process takes new handshakes back", peerAttrs(s)...)
 	u.handed = false
@@ -890,6 +926,7 @@ func (u *Upgrader) watch(s *peer) {
 		u.exited = false
 		close(u.resumed)
 	}
+	return true
 }
 
 // watchPredecessor waits until the predecessor has closed its sockets (or

@@ -39,6 +39,7 @@ const (
 	upgradeDrainEnv = "UDPPOOL_TEST_UPGRADE_DRAIN" // the drain grace period
 	upgradeTrustEnv = "UDPPOOL_TEST_UPGRADE_TRUST" // set: no WithRefuseForeign, the Upgrader's own check alone
 	upgradeWatchEnv = "UDPPOOL_TEST_UPGRADE_WATCH" // a descriptor that reads EOF once the test process is gone
+	upgradePlainEnv = "UDPPOOL_TEST_UPGRADE_PLAIN" // an address on which to echo plain datagrams with "gen G"
 	// watchFD is where every generation keeps the watch descriptor, open
 	// across exec: above those that exec.Cmd.ExtraFiles numbers.
 	watchFD  = 200
@@ -152,6 +153,14 @@ func upgradeChild(port string) error {
 				os.Exit(3) // bound, joined, and dead before ready
 			}
 		}
+	}
+	if addr := os.Getenv(upgradePlainEnv); addr != "" {
+		pc, err := p.ListenPacket(context.Background(), "udp4", addr)
+		if err != nil {
+			return err
+		}
+		defer pc.Close()
+		go echoGen(pc, gen)
 	}
 	var draining atomic.Bool
 	answer := func() string {
@@ -285,4 +294,16 @@ func watchPipe(t *testing.T) (r *os.File) {
 	}
 	t.Cleanup(func() { r.Close(); w.Close() })
 	return r
+}
+
+// echoGen answers every datagram on pc with "gen G" until pc closes.
+func echoGen(pc net.PacketConn, gen uint16) {
+	buf := make([]byte, 2048)
+	for {
+		_, addr, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		pc.WriteTo([]byte(fmt.Sprintf("gen %d", gen)), addr)
+	}
 }

@@ -49,6 +49,12 @@ func startInProc(t *testing.T, opts ...UpgradeOption) *inProc {
 // for port 0.
 func startInProcOn(t *testing.T, anyPort bool, opts ...UpgradeOption) *inProc {
 	t.Helper()
+	return startInProcEnv(t, anyPort, nil, opts...)
+}
+
+// startInProcEnv is startInProcOn with more environment for successors.
+func startInProcEnv(t *testing.T, anyPort bool, env []string, opts ...UpgradeOption) *inProc {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -78,6 +84,7 @@ func startInProcOn(t *testing.T, anyPort bool, opts ...UpgradeOption) *inProc {
 			upgradeTrustEnv+"=1", // the default must be safe
 			upgradeWatchEnv+"=3",
 		)
+		cmd.Env = append(cmd.Env, env...)
 		cmd.Stdout, cmd.Stderr = w, os.Stderr
 		ip.mu.Lock()
 		ip.cmds = append(ip.cmds, cmd)
@@ -199,7 +206,11 @@ func requestAddr(ctx context.Context, addr string) (string, error) {
 func TestUpgradeSuccessorDiesAfterReady(t *testing.T) {
 	for _, mode := range []string{"steer", "inherit"} {
 		t.Run(mode, func(t *testing.T) {
-			ip := startInProc(t, WithInheritance(mode == "inherit"))
+			var env []string
+			if mode == "inherit" {
+				env = []string{upgradeModeEnv + "=inherit"} // the successor's choice
+			}
+			ip := startInProcEnv(t, false, env, WithInheritance(mode == "inherit"))
 			ln := ip.serve()
 			addr := fmt.Sprintf("127.0.0.1:%d", ip.port)
 			self := fmt.Sprintf("pid %d gen 1", os.Getpid())
@@ -393,5 +404,60 @@ func TestUpgradeForeignSocketInGroup(t *testing.T) {
 	}
 	if handshakes != 0 {
 		t.Errorf("the foreign socket received %d handshake datagrams", handshakes)
+	}
+}
+
+// TestUpgradeInheritedPlainSocket hands over an inherited plain socket:
+// after the hand-over every datagram must reach the successor, none the
+// old process's plain handle, which keeps reading (before: 128 of 200
+// went to the old process).
+func TestUpgradeInheritedPlainSocket(t *testing.T) {
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	ip := startInProcEnv(t, false, []string{upgradePlainEnv + "=" + addr, upgradeModeEnv + "=inherit"}, WithInheritance(true))
+	ip.serve()
+	pc, err := ip.pool.ListenPacket(context.Background(), "udp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	go echoGen(pc, 1)
+	client, err := net.Dial("udp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	ask := func() string {
+		buf := make([]byte, 64)
+		for range 10 {
+			client.Write([]byte("which"))
+			client.SetReadDeadline(time.Now().Add(testTimeout / 10))
+			if n, err := client.Read(buf); err == nil {
+				return string(buf[:n])
+			}
+		}
+		t.Fatal("no answer")
+		return ""
+	}
+	if a := ask(); a != "gen 1" {
+		t.Fatalf("before the upgrade: %q", a)
+	}
+	if err := waitErr(t, ip.upgradeAsync(), "Upgrade"); err != nil {
+		t.Fatal(err)
+	}
+	counts := map[string]int{}
+	for range 200 {
+		counts[ask()]++
+	}
+	if counts["gen 1"] != 0 || counts["gen 2"] != 200 {
+		t.Errorf("answers after the hand-over: %v, want all 200 from gen 2", counts)
+	}
+	// The successor dies: the old process reads its socket again.
+	resumed := ip.u.Resumed()
+	syscall.Kill(ip.wait("ready", 2).pid, syscall.SIGKILL)
+	waitClosed(t, resumed, "Resumed after the successor died")
+	for i := range 20 {
+		if a := ask(); a != "gen 1" {
+			t.Fatalf("answer %d after the successor died: %q, want gen 1", i, a)
+		}
 	}
 }
