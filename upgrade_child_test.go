@@ -12,6 +12,7 @@ import (
 	"crypto/x509/pkix"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"os"
@@ -112,7 +113,7 @@ func upgradeChild(port string) error {
 	if os.Getenv(upgradeFailEnv) != "" {
 		readyTimeout = 2 * time.Second // the test waits for a hung successor's end
 	}
-	opts = append(opts, WithReadyTimeout(readyTimeout))
+	opts = append(opts, WithReadyTimeout(readyTimeout), WithUpgradeLogger(slog.New(slog.NewTextHandler(os.Stdout, nil))))
 	u, err := NewUpgrader(opts...)
 	if err != nil {
 		return err

@@ -247,8 +247,14 @@ func TestUpgradeSuccessorDiesAfterReady(t *testing.T) {
 			if a, err := request(ctx, old); err != nil || !strings.HasPrefix(a, self) {
 				t.Errorf("the drained connection after the successor died: %q, %v", a, err)
 			}
-			if !strings.Contains(ip.logs.String(), "successor exited after taking over") {
-				t.Errorf("no log of the successor's death; log:\n%s", ip.logs)
+			for _, want := range []string{
+				fmt.Sprintf(`msg="udppool: successor started" pid=%d process_generation=1 peer_pid=%d peer_generation=2`, os.Getpid(), next.pid),
+				fmt.Sprintf(`msg="udppool: successor ready; handing over" pid=%d process_generation=1 peer_pid=%d`, os.Getpid(), next.pid),
+				fmt.Sprintf(`msg="udppool: successor exited after taking over; this process takes new handshakes back" pid=%d process_generation=1 peer_pid=%d`, os.Getpid(), next.pid),
+			} {
+				if !strings.Contains(ip.logs.String(), want) {
+					t.Errorf("no log record %s; log:\n%s", want, ip.logs)
+				}
 			}
 			// And upgrade again.
 			if err := waitErr(t, ip.upgradeAsync(), "second Upgrade"); err != nil {
@@ -311,6 +317,9 @@ func TestUpgradeStopRacesUpgrade(t *testing.T) {
 	case <-ip.u.Exit():
 		t.Errorf("Exit closed after Stop without a hand-over")
 	default:
+	}
+	if want := fmt.Sprintf(`level=ERROR msg="udppool: successor failed before ready; this process serves on" pid=%d process_generation=1 peer_pid=%d`, os.Getpid(), bound.pid); !strings.Contains(ip.logs.String(), want) {
+		t.Errorf("no log record %s; log:\n%s", want, ip.logs)
 	}
 	if err := syscall.Kill(bound.pid, 0); err == nil {
 		// Not reaped means not ended: the Upgrader reaps what it kills.

@@ -663,6 +663,32 @@ func TestUpgradeMigratingClient(t *testing.T) {
 			}
 			conn.CloseWithError(0, "")
 			s.checkExit(1)
+			s.waitContains(fmt.Sprintf(`msg="udppool: predecessor gone; this process serves alone" pid=%d process_generation=2 peer_pid=%d peer_generation=1`, next.pid, first.pid))
 		})
+	}
+}
+
+// waitContains waits for a line of the servers' output that contains sub.
+func (s *upgradeServers) waitContains(sub string) {
+	s.t.Helper()
+	timeout := time.NewTimer(testTimeout)
+	defer timeout.Stop()
+	for {
+		s.mu.Lock()
+		for _, l := range s.lines {
+			if strings.Contains(l, sub) {
+				s.mu.Unlock()
+				return
+			}
+		}
+		ch := s.changed
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-s.done:
+			s.t.Fatalf("servers exited before a line with %q; output:\n%s", sub, s.output())
+		case <-timeout.C:
+			s.t.Fatalf("no line with %q; output:\n%s", sub, s.output())
+		}
 	}
 }
