@@ -415,6 +415,7 @@ func decodeForward(b []byte) (key string, pkt forwarded, ok bool) {
 // forward sends a datagram to the other generation. A full socket pair
 // drops it, as a full socket buffer would.
 func (u *Upgrader) forward(to *peer, key string, m *ipv4.Message) {
+	u.forwarded.Add(1)
 	bp := fwdBufs.Get().(*[]byte)
 	if b := encodeForward((*bp)[:0], key, m); b != nil {
 		sendForward(to, b)

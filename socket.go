@@ -202,6 +202,20 @@ type gate struct {
 	// waiting counts operations in waitRetry. It is written under mu and
 	// read without it by Close, which need not wake anyone when it is zero.
 	waiting atomic.Int32
+	// parked holds the socket deadline in the past, so that operations
+	// wait (in waitRetry, until their own deadline or Close) instead of
+	// reaching the socket: a process that handed a shared socket over to
+	// its successor stops reading it. Written under mu.
+	parked atomic.Bool
+}
+
+// park holds every operation of the gate's direction back, or lets them
+// go again.
+func (g *gate) park(on bool, dir int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.parked.Store(on)
+	g.recompute(dir)
 }
 
 func (g *gate) init(set func(time.Time) error) {
@@ -228,6 +242,9 @@ func (g *gate) recompute(dir int) {
 		if next.IsZero() || t.Before(next) {
 			next = t
 		}
+	}
+	if g.parked.Load() {
+		next = pastDeadline
 	}
 	if !next.Equal(g.cur) {
 		g.cur = next

@@ -2,12 +2,15 @@ package udppool
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
@@ -18,6 +21,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"golang.org/x/net/bpf"
 )
 
 // Errors of process upgrades.
@@ -39,6 +43,40 @@ var (
 // upgradeEnv names the environment variable through which a process
 // started by Upgrade finds its control and forwarding descriptors.
 const upgradeEnv = "UDPPOOL_UPGRADE"
+
+// The Upgrader's states, as its fields under mu hold them, and what each
+// event does in each. Every transition takes mu; the receive path sees
+// the result through publish (routeState), the kernel through resteer.
+//
+//	state                         fields
+//	Joining   successor, before Ready   pred != nil, !ready
+//	Sharing   successor, pred drains    pred != nil, ready
+//	Alone     serving, no other         pred == nil, succ == nil, !handed
+//	Starting  Upgrade waits for Ready   upgrading, starting != nil
+//	Handed    successor took over       handed, succ != nil (exited once Exit closed)
+//	Stopped   after Stop                stopped
+//
+//	event             Joining          Sharing           Alone     Starting                      Handed                        Stopped
+//	successor ready   -                -                 -         Handed: publish, park plain   -                             successor killed,
+//	                                                               sockets taken, settle, close                                ErrUpgraderStopped
+//	                                                               Exit
+//	successor gone    -                -                 -         Alone: kill, resteer, log,    Alone: accept, resteer,       -
+//	                                                               ErrUpgradeFailed              shared reset, log, Resumed
+//	                                                                                             closed, new Exit, unpark
+//	predecessor gone  Joining, alone   Alone: resteer    -         -                             -                             -
+//	                  in its groups    (errors logged),
+//	                                   predGone closed
+//	Ready             Sharing (or      nil               nil       -                             -                             ErrUpgraderStopped
+//	                  rolled back)
+//	Upgrade           waits for        waits for         Starting  ErrUpgradeInProgress          ErrUpgradeInProgress          ErrUpgraderStopped
+//	                  predecessor gone predecessor gone
+//	Stop              Stopped          Stopped           Stopped   Stopped: the wait for Ready   Stopped: 'gone' to the        ErrUpgraderStopped
+//	                                                               ends, successor killed        successor
+//
+// Signals are the application's: examples/upgrade
+// makes SIGHUP an Upgrade (refused with a line while one runs or while it
+// drains) and SIGTERM/SIGINT a drain and Stop; signals during a drain do
+// nothing but print a line.
 
 // An Upgrader hands the sockets of its pools over from a running process to
 // a new one (a new binary, typically) without closing the port and without
@@ -73,6 +111,9 @@ type Upgrader struct {
 	first bool // not started by Upgrade
 
 	state atomic.Pointer[routeState]
+	// forwarded counts the datagrams this process forwarded to the other
+	// generation: near zero where the kernel steers.
+	forwarded atomic.Uint64
 
 	// connsMu guards conns only; it is taken under Pool.mu when a
 	// transport is created, so nothing is locked while holding it.
@@ -113,11 +154,12 @@ type Upgrader struct {
 	handshakes map[*handshake]struct{}
 	hsSettled  chan struct{} // closed when handshakes empties
 
-	predGone chan struct{} // closed once no predecessor is left
-	exit     chan struct{} // closed at the hand-over to a successor
-	exited   bool          // exit is closed
-	resumed  chan struct{} // closed when the successor of the last hand-over died
-	starting *peer         // a successor not yet ready
+	predGone chan struct{}   // closed once no predecessor is left
+	exit     chan struct{}   // closed at the hand-over to a successor
+	exited   bool            // exit is closed
+	resumed  chan struct{}   // closed when the successor of the last hand-over died
+	taken    map[string]bool // the sockets that successor took over, by Key.String()
+	starting *peer           // a successor not yet ready
 }
 
 // routeState is what the receive path needs to know, replaced as a whole
@@ -391,6 +433,13 @@ func (u *Upgrader) bind(ctx context.Context, k Key, o bindOpts) (*socket, error)
 	if !steer || !s.reuse { // an activated socket may lack SO_REUSEPORT
 		return s, nil
 	}
+	if predHolds {
+		if err := u.checkGroup(k, s); err != nil {
+			s.conn.Close()
+			u.tellPredecessor(err)
+			return nil, err
+		}
+	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if f != nil {
@@ -527,6 +576,116 @@ func (u *Upgrader) steer(k Key, raw syscall.RawConn) error {
 	return nil
 }
 
+// checkGroup makes sure that s, just bound into the predecessor's
+// reuseport group of k, is at index 1 of it, behind the predecessor's
+// socket alone: the index that the programs of both generations assume.
+// A socket outside the process line (a stale server, anything of the same
+// user with SO_REUSEPORT) that joined the group before would otherwise
+// take the index meant for this process, and with it every new handshake.
+//
+// The check attaches a probe program that sends a marked datagram to index
+// 1 and everything else to index 0, as the predecessor's program does,
+// sends the marked datagram from loopback and waits for it on s, which
+// nobody reads yet. s joined last, so it is at index 1 exactly when the
+// group has two members. The group gets the predecessor's program back
+// before checkGroup returns. A member at index 1 that is not s receives
+// the marked datagram: 16 octets no QUIC stack takes for a packet.
+func (u *Upgrader) checkGroup(k Key, s *socket) error {
+	var mark [16]byte
+	rand.Read(mark[:])
+	probe := []bpf.Instruction{
+		bpf.LoadExtension{Num: bpf.ExtLen},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(len(mark)), SkipFalse: 5},
+		bpf.LoadAbsolute{Off: 0, Size: 4},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: binary.BigEndian.Uint32(mark[0:]), SkipFalse: 3},
+		bpf.LoadAbsolute{Off: 4, Size: 4},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: binary.BigEndian.Uint32(mark[4:]), SkipFalse: 1},
+		bpf.RetConstant{Val: 1},
+		bpf.RetConstant{Val: 0},
+	}
+	if err := attachProgram(s.raw, probe); err != nil {
+		return fmt.Errorf("steering %v: probing the reuseport group: %w", k, err)
+	}
+	found := probeGroup(k, s, mark[:])
+	u.mu.Lock()
+	var pred uint16
+	if u.pred != nil {
+		pred = u.pred.gen
+	}
+	ino := u.predInodes[k]
+	u.mu.Unlock()
+	if err := attachProgram(s.raw, steerProgram([]uint16{pred}, 0, false)); err != nil {
+		return fmt.Errorf("steering %v: %w", k, err)
+	}
+	if found {
+		return nil
+	}
+	ours := map[uint64]bool{s.inode: true}
+	if ino != 0 {
+		ours[ino] = true
+	}
+	if err := foreignError(k, ours); errors.Is(err, ErrForeignSocket) {
+		return fmt.Errorf("udppool: upgrade refused, the reuseport group has a member outside the process line: %w", err)
+	}
+	return fmt.Errorf("udppool: upgrade refused: %w of %v: this process's socket is not the second member of its reuseport group", ErrForeignSocket, k)
+}
+
+// probeGroup sends mark to k's address from loopback and reports whether
+// s receives it, trying a few times: loopback seldom drops, never thrice.
+func probeGroup(k Key, s *socket, mark []byte) bool {
+	var dsts []netip.Addr
+	switch a := k.Addr.Addr(); {
+	case !a.IsUnspecified():
+		dsts = []netip.Addr{a}
+	case k.Network == "udp4":
+		dsts = []netip.Addr{netip.MustParseAddr("127.0.0.1")}
+	case k.Network == "udp6":
+		dsts = []netip.Addr{netip.IPv6Loopback()}
+	default: // dual-stack: whichever loopback the host has
+		dsts = []netip.Addr{netip.IPv6Loopback(), netip.MustParseAddr("127.0.0.1")}
+	}
+	buf := make([]byte, 64)
+	for _, dst := range dsts {
+		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst, k.Addr.Port())))
+		if err != nil {
+			continue
+		}
+		for range 3 {
+			if _, err := c.Write(mark); err != nil {
+				break
+			}
+			s.conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			for {
+				n, err := s.conn.Read(buf)
+				if err != nil {
+					break // the deadline: not here, or lost
+				}
+				if bytes.Equal(buf[:n], mark) {
+					s.conn.SetReadDeadline(time.Time{})
+					c.Close()
+					return true
+				}
+			}
+		}
+		c.Close()
+	}
+	s.conn.SetReadDeadline(time.Time{})
+	return false
+}
+
+// tellPredecessor sends a successor's reason to give up to the
+// predecessor, whose Upgrade returns it; the successor exits after.
+func (u *Upgrader) tellPredecessor(err error) {
+	u.mu.Lock()
+	s := u.pred
+	u.mu.Unlock()
+	if s == nil {
+		return
+	}
+	msg := strings.ReplaceAll(err.Error(), "\n", " ")
+	s.ctrl.Write(append(append([]byte{msgFailed}, msg...), '\n'))
+}
+
 // attachProgram is attachSteering, replaced by tests that make it fail.
 var attachProgram = attachSteering
 
@@ -595,8 +754,9 @@ func (u *Upgrader) Ready() error {
 
 // Control messages after the hello.
 const (
-	msgReady = 'R' // successor to predecessor: serving
-	msgGone  = 'G' // predecessor to successor: its sockets are closed
+	msgReady  = 'R' // successor to predecessor: serving
+	msgFailed = 'F' // successor to predecessor: gives up, a line says why
+	msgGone   = 'G' // predecessor to successor: its sockets are closed
 )
 
 // Upgrade starts a successor and waits until it is ready, then hands over
@@ -642,8 +802,9 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 	stopped := u.stopped
 	u.mu.Unlock()
 	err = ErrUpgraderStopped
+	var taken map[string]bool
 	if !stopped {
-		err = u.awaitReady(ctx, s)
+		taken, err = u.awaitReady(ctx, s)
 	}
 	if err != nil {
 		u.mu.Lock()
@@ -686,8 +847,10 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 	u.succ = s
 	u.handed = true
 	u.resumed = make(chan struct{})
+	u.taken = taken
 	u.publish()
 	u.mu.Unlock()
+	u.parkTaken(true)
 	go u.receive(s)
 	go u.watch(s)
 	// New handshakes go to the successor from now on; those already begun
@@ -706,7 +869,7 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 }
 
 // awaitReady waits for the successor's ready message.
-func (u *Upgrader) awaitReady(ctx context.Context, s *peer) error {
+func (u *Upgrader) awaitReady(ctx context.Context, s *peer) (taken map[string]bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, u.opts.readyTimeout)
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() { s.ctrl.SetReadDeadline(pastDeadline) })
@@ -717,17 +880,20 @@ func (u *Upgrader) awaitReady(ctx context.Context, s *peer) error {
 	b, err := r.ReadByte()
 	switch {
 	case ctx.Err() != nil:
-		return ctx.Err()
+		return nil, ctx.Err()
 	case err != nil:
-		return fmt.Errorf("successor exited: %w", err)
+		return nil, fmt.Errorf("successor exited: %w", err)
+	case b == msgFailed:
+		why, _ := r.ReadString('\n')
+		return nil, fmt.Errorf("successor gave up: %s", strings.TrimSuffix(why, "\n"))
 	case b != msgReady:
-		return fmt.Errorf("unexpected control message %q", b)
+		return nil, fmt.Errorf("unexpected control message %q", b)
 	}
-	taken := make(map[string]bool)
+	taken = make(map[string]bool)
 	for {
 		line, err := r.ReadString('\n')
 		if err != nil {
-			return fmt.Errorf("successor exited: %w", err)
+			return nil, fmt.Errorf("successor exited: %w", err)
 		}
 		if line == "\n" {
 			break
@@ -735,14 +901,34 @@ func (u *Upgrader) awaitReady(ctx context.Context, s *peer) error {
 		taken[strings.TrimSuffix(line, "\n")] = true
 	}
 	if err := s.ctrl.SetReadDeadline(time.Time{}); err != nil {
-		return err
+		return nil, err
 	}
 	// Only the sockets this successor took over are shared; one that an
 	// earlier successor took over and this one binds anew is not.
 	for _, f := range u.transports() {
 		f.shared.Store(taken[f.keyStr])
 	}
-	return nil
+	return taken, nil
+}
+
+// parkTaken stops (on) or resumes this process's reads of the plain
+// sockets that the successor took over and reads itself: the datagrams
+// of a plain socket are the newest generation's, and a shared socket
+// gives each to whichever process reads first. The handles keep their
+// writes, deadlines and Close. Pool.mu is taken, so u.mu must not be held.
+func (u *Upgrader) parkTaken(on bool) {
+	u.mu.Lock()
+	pools, taken := slices.Clone(u.pools), u.taken
+	u.mu.Unlock()
+	for _, p := range pools {
+		p.mu.Lock()
+		for k, e := range p.entries {
+			if taken[k.String()] && e.sock != nil && e.qt == nil && !e.quic.Load() {
+				e.sock.gates[dirRead].park(on, dirRead)
+			}
+		}
+		p.mu.Unlock()
+	}
 }
 
 // watch notices the successor's exit. One that exits before this process
@@ -758,13 +944,17 @@ func (u *Upgrader) watch(s *peer) {
 	}
 	close(s.gone)
 	if u.successorGone(s) {
+		u.parkTaken(false)
+		u.mu.Lock()
+		u.taken = nil
+		u.mu.Unlock()
 		// The service manager took the successor for the main process.
 		u.notifyResumed()
 	}
 }
 
-// successorGone forgets successor s, which has exited, and takes the port
-// back unless this process has stopped; it reports whether it did.
+// successorGone forgets successor s, which has exited, and reports
+// whether this process takes the port back.
 func (u *Upgrader) successorGone(s *peer) bool {
 	u.mu.Lock()
 	defer u.mu.Unlock()

@@ -12,6 +12,7 @@ import (
 	"crypto/x509/pkix"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"os"
@@ -20,10 +21,12 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/quic-go/quic-go"
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 )
 
 // The upgrade tests re-execute the test binary as the server processes: a
@@ -35,8 +38,14 @@ const (
 	upgradeFailEnv  = "UDPPOOL_TEST_UPGRADE_FAIL"  // a file whose presence makes the next successor fail
 	upgradeModeEnv  = "UDPPOOL_TEST_UPGRADE_MODE"  // "inherit" forces inherited sockets
 	upgradeDrainEnv = "UDPPOOL_TEST_UPGRADE_DRAIN" // the drain grace period
-	upgradePIDEnv   = "UDPPOOL_TEST_UPGRADE_PIDFILE"
-	testALPN        = "udppool-upgrade-test"
+	upgradeTrustEnv = "UDPPOOL_TEST_UPGRADE_TRUST" // set: no WithRefuseForeign, the Upgrader's own check alone
+	upgradeWatchEnv = "UDPPOOL_TEST_UPGRADE_WATCH" // a descriptor that reads EOF once the test process is gone
+	upgradePlainEnv = "UDPPOOL_TEST_UPGRADE_PLAIN" // an address on which to echo plain datagrams with "gen G"
+	// watchFD is where every generation keeps the watch descriptor, open
+	// across exec: above those that exec.Cmd.ExtraFiles numbers.
+	watchFD       = 200
+	upgradePIDEnv = "UDPPOOL_TEST_UPGRADE_PIDFILE"
+	testALPN      = "udppool-upgrade-test"
 )
 
 // runUpgradeChild runs the server if this process is one; it reports
@@ -46,12 +55,49 @@ func runUpgradeChild() bool {
 	if port == "" {
 		return false
 	}
+	watchTest()
 	if err := upgradeChild(port); err != nil {
 		fmt.Printf("error pid %d: %v\n", os.Getpid(), err)
 		os.Exit(1)
 	}
 	os.Exit(0)
 	return true
+}
+
+// watchTest ends this server process when the test process is gone, also
+// when it died of its own timeout without running its cleanups: the test
+// holds the only write end of a pipe whose read end every generation
+// inherits (the first as the descriptor named by upgradeWatchEnv, its
+// successors as watchFD, which exec leaves open).
+func watchTest() {
+	fd := watchFD
+	if v := os.Getenv(upgradeWatchEnv); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return
+		}
+		if err := unix.Dup3(n, watchFD, 0); err != nil {
+			return
+		}
+		unix.Close(n)
+		os.Unsetenv(upgradeWatchEnv)
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+		return // started without a watch
+	}
+	go func() {
+		var b [1]byte
+		for {
+			n, err := unix.Read(fd, b[:])
+			if err == unix.EINTR {
+				continue
+			}
+			if n == 0 || err != nil {
+				fmt.Printf("test gone pid %d: exiting\n", os.Getpid())
+				os.Exit(4)
+			}
+		}
+	}()
 }
 
 // upgradeChild serves a request-response protocol over QUIC on the
@@ -68,7 +114,7 @@ func upgradeChild(port string) error {
 	if os.Getenv(upgradeFailEnv) != "" {
 		readyTimeout = 2 * time.Second // the test waits for a hung successor's end
 	}
-	opts = append(opts, WithReadyTimeout(readyTimeout))
+	opts = append(opts, WithReadyTimeout(readyTimeout), WithUpgradeLogger(slog.New(slog.NewTextHandler(os.Stdout, nil))))
 	if f := os.Getenv(upgradePIDEnv); f != "" {
 		opts = append(opts, WithPIDFile(f))
 	}
@@ -78,7 +124,7 @@ func upgradeChild(port string) error {
 	}
 	pid, gen := os.Getpid(), u.Generation()
 	// Refusing foreign sockets must not refuse the predecessor's.
-	p := New(WithUpgrader(u), WithRefuseForeign(true))
+	p := New(WithUpgrader(u), WithRefuseForeign(os.Getenv(upgradeTrustEnv) == ""))
 	tr, err := p.Transport(context.Background(), "udp", ":"+port)
 	if err != nil {
 		return err
@@ -112,6 +158,14 @@ func upgradeChild(port string) error {
 				os.Exit(3) // bound, joined, and dead before ready
 			}
 		}
+	}
+	if addr := os.Getenv(upgradePlainEnv); addr != "" {
+		pc, err := p.ListenPacket(context.Background(), "udp4", addr)
+		if err != nil {
+			return err
+		}
+		defer pc.Close()
+		go echoGen(pc, gen)
 	}
 	var draining atomic.Bool
 	answer := func() string {
@@ -171,10 +225,11 @@ wait:
 	}
 	signal.Stop(sigs)
 	leaks := "none"
-	if err := goleak.Find(goleak.IgnoreTopFunction("os/signal.signal_recv"), goleak.IgnoreTopFunction("os/signal.loop")); err != nil {
+	if err := goleak.Find(goleak.IgnoreTopFunction("os/signal.signal_recv"), goleak.IgnoreTopFunction("os/signal.loop"),
+		goleak.IgnoreAnyFunction("github.com/udppool/udppool.watchTest.func1")); err != nil {
 		leaks = strconv.Quote(err.Error())
 	}
-	fmt.Printf("exit pid %d gen %d sockets %d leaks %s\n", pid, gen, openSockets(), leaks)
+	fmt.Printf("exit pid %d gen %d sockets %d leaks %s forwarded %d\n", pid, gen, openSockets(), leaks, u.forwarded.Load())
 	return nil
 }
 
@@ -231,4 +286,30 @@ func selfSigned() (tls.Certificate, error) {
 		return tls.Certificate{}, err
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+// watchPipe returns the read end of a pipe for a first server's
+// ExtraFiles, whose number in the child becomes upgradeWatchEnv's value,
+// and keeps the write end open until the test's cleanup: when the test
+// process dies, however it dies, every server generation exits.
+func watchPipe(t *testing.T) (r *os.File) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(); w.Close() })
+	return r
+}
+
+// echoGen answers every datagram on pc with "gen G" until pc closes.
+func echoGen(pc net.PacketConn, gen uint16) {
+	buf := make([]byte, 2048)
+	for {
+		_, addr, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		pc.WriteTo([]byte(fmt.Sprintf("gen %d", gen)), addr)
+	}
 }

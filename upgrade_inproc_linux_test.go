@@ -49,6 +49,12 @@ func startInProc(t *testing.T, opts ...UpgradeOption) *inProc {
 // for port 0.
 func startInProcOn(t *testing.T, anyPort bool, opts ...UpgradeOption) *inProc {
 	t.Helper()
+	return startInProcEnv(t, anyPort, nil, opts...)
+}
+
+// startInProcEnv is startInProcOn with more environment for successors.
+func startInProcEnv(t *testing.T, anyPort bool, env []string, opts ...UpgradeOption) *inProc {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -67,13 +73,18 @@ func startInProcOn(t *testing.T, anyPort bool, opts ...UpgradeOption) *inProc {
 		t.Fatal(err)
 	}
 	go ip.read(out)
+	watch := watchPipe(t)
 	command := func(ctx context.Context) (*exec.Cmd, error) {
 		cmd := exec.Command(exe, "-test.run=^$")
+		cmd.ExtraFiles = []*os.File{watch}
 		cmd.Env = append(os.Environ(),
 			upgradeChildEnv+"="+strconv.Itoa(asked),
 			upgradeDrainEnv+"=1s",
 			upgradeFailEnv+"="+filepath.Join(ip.failDir, "fail"),
+			upgradeTrustEnv+"=1", // the default must be safe
+			upgradeWatchEnv+"=3",
 		)
+		cmd.Env = append(cmd.Env, env...)
 		cmd.Stdout, cmd.Stderr = w, os.Stderr
 		ip.mu.Lock()
 		ip.cmds = append(ip.cmds, cmd)
@@ -195,7 +206,11 @@ func requestAddr(ctx context.Context, addr string) (string, error) {
 func TestUpgradeSuccessorDiesAfterReady(t *testing.T) {
 	for _, mode := range []string{"steer", "inherit"} {
 		t.Run(mode, func(t *testing.T) {
-			ip := startInProc(t, WithInheritance(mode == "inherit"))
+			var env []string
+			if mode == "inherit" {
+				env = []string{upgradeModeEnv + "=inherit"} // the successor's choice
+			}
+			ip := startInProcEnv(t, false, env, WithInheritance(mode == "inherit"))
 			ln := ip.serve()
 			addr := fmt.Sprintf("127.0.0.1:%d", ip.port)
 			self := fmt.Sprintf("pid %d gen 1", os.Getpid())
@@ -232,8 +247,14 @@ func TestUpgradeSuccessorDiesAfterReady(t *testing.T) {
 			if a, err := request(ctx, old); err != nil || !strings.HasPrefix(a, self) {
 				t.Errorf("the drained connection after the successor died: %q, %v", a, err)
 			}
-			if !strings.Contains(ip.logs.String(), "successor exited after taking over") {
-				t.Errorf("no log of the successor's death; log:\n%s", ip.logs)
+			for _, want := range []string{
+				fmt.Sprintf(`msg="udppool: successor started" pid=%d process_generation=1 peer_pid=%d peer_generation=2`, os.Getpid(), next.pid),
+				fmt.Sprintf(`msg="udppool: successor ready; handing over" pid=%d process_generation=1 peer_pid=%d`, os.Getpid(), next.pid),
+				fmt.Sprintf(`msg="udppool: successor exited after taking over; this process takes new handshakes back" pid=%d process_generation=1 peer_pid=%d`, os.Getpid(), next.pid),
+			} {
+				if !strings.Contains(ip.logs.String(), want) {
+					t.Errorf("no log record %s; log:\n%s", want, ip.logs)
+				}
 			}
 			// And upgrade again.
 			if err := waitErr(t, ip.upgradeAsync(), "second Upgrade"); err != nil {
@@ -297,6 +318,9 @@ func TestUpgradeStopRacesUpgrade(t *testing.T) {
 		t.Errorf("Exit closed after Stop without a hand-over")
 	default:
 	}
+	if want := fmt.Sprintf(`level=ERROR msg="udppool: successor failed before ready; this process serves on" pid=%d process_generation=1 peer_pid=%d`, os.Getpid(), bound.pid); !strings.Contains(ip.logs.String(), want) {
+		t.Errorf("no log record %s; log:\n%s", want, ip.logs)
+	}
 	if err := syscall.Kill(bound.pid, 0); err == nil {
 		// Not reaped means not ended: the Upgrader reaps what it kills.
 		t.Errorf("successor %d still runs after Upgrade returned", bound.pid)
@@ -319,5 +343,130 @@ func TestUpgradePortZero(t *testing.T) {
 	defer cancel()
 	if a, err := requestAddr(ctx, fmt.Sprintf("127.0.0.1:%d", ip.port)); err != nil || !strings.HasPrefix(a, fmt.Sprintf("pid %d gen 2", b.pid)) {
 		t.Errorf("after the upgrade: %q, %v; want the successor on port %d", a, err, ip.port)
+	}
+}
+
+// TestUpgradeForeignSocketInGroup joins a plain same-user SO_REUSEPORT
+// socket to the server's port before the upgrade: the successor must find
+// that the group's index 1 is not its own and refuse the upgrade with an
+// error that names the foreign socket, and the old process serves on; the
+// foreign socket must get no handshake.
+func TestUpgradeForeignSocketInGroup(t *testing.T) {
+	ip := startInProc(t)
+	ip.serve()
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) })
+		return serr
+	}}
+	pc, err := lc.ListenPacket(context.Background(), "udp", fmt.Sprintf(":%d", ip.port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	foreign := pc.(*net.UDPConn)
+	ino, err := func() (uint64, error) {
+		rc, err := foreign.SyscallConn()
+		if err != nil {
+			return 0, err
+		}
+		return socketInode(rc)
+	}()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	err = waitErr(t, ip.upgradeAsync(), "Upgrade")
+	if err == nil {
+		t.Errorf("Upgrade succeeded with a foreign socket in the group")
+	} else {
+		if !errors.Is(err, ErrUpgradeFailed) {
+			t.Errorf("Upgrade: %v, want ErrUpgradeFailed", err)
+		}
+		if !strings.Contains(err.Error(), fmt.Sprintf("inode %d", ino)) {
+			t.Errorf("Upgrade's error does not name the foreign socket (inode %d): %v", ino, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	self := fmt.Sprintf("pid %d gen 1", os.Getpid())
+	for i := range 3 {
+		qctx, qcancel := context.WithTimeout(ctx, 2*time.Second)
+		a, err := requestAddr(qctx, fmt.Sprintf("127.0.0.1:%d", ip.port))
+		qcancel()
+		if err != nil || a != self {
+			t.Errorf("fresh request %d after the refused upgrade: %q, %v; want %q", i, a, err, self)
+		}
+	}
+	// What the foreign socket got: the probe at most, no handshake.
+	handshakes := 0
+	buf := make([]byte, 2048)
+	for {
+		foreign.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		n, err := foreign.Read(buf)
+		if err != nil {
+			break
+		}
+		if n >= 1200 {
+			handshakes++
+		}
+	}
+	if handshakes != 0 {
+		t.Errorf("the foreign socket received %d handshake datagrams", handshakes)
+	}
+}
+
+// TestUpgradeInheritedPlainSocket hands over an inherited plain socket:
+// after the hand-over every datagram must reach the successor, none the
+// old process's plain handle, which keeps reading (before: 128 of 200
+// went to the old process).
+func TestUpgradeInheritedPlainSocket(t *testing.T) {
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	ip := startInProcEnv(t, false, []string{upgradePlainEnv + "=" + addr, upgradeModeEnv + "=inherit"}, WithInheritance(true))
+	ip.serve()
+	pc, err := ip.pool.ListenPacket(context.Background(), "udp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	go echoGen(pc, 1)
+	client, err := net.Dial("udp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	ask := func() string {
+		buf := make([]byte, 64)
+		for range 10 {
+			client.Write([]byte("which"))
+			client.SetReadDeadline(time.Now().Add(testTimeout / 10))
+			if n, err := client.Read(buf); err == nil {
+				return string(buf[:n])
+			}
+		}
+		t.Fatal("no answer")
+		return ""
+	}
+	if a := ask(); a != "gen 1" {
+		t.Fatalf("before the upgrade: %q", a)
+	}
+	if err := waitErr(t, ip.upgradeAsync(), "Upgrade"); err != nil {
+		t.Fatal(err)
+	}
+	counts := map[string]int{}
+	for range 200 {
+		counts[ask()]++
+	}
+	if counts["gen 1"] != 0 || counts["gen 2"] != 200 {
+		t.Errorf("answers after the hand-over: %v, want all 200 from gen 2", counts)
+	}
+	// The successor dies: the old process reads its socket again.
+	resumed := ip.u.Resumed()
+	syscall.Kill(ip.wait("ready", 2).pid, syscall.SIGKILL)
+	waitClosed(t, resumed, "Resumed after the successor died")
+	for i := range 20 {
+		if a := ask(); a != "gen 1" {
+			t.Fatalf("answer %d after the successor died: %q, want gen 1", i, a)
+		}
 	}
 }

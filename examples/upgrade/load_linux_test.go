@@ -17,9 +17,9 @@ import (
 type load struct {
 	keep, fresh       *keepAlive
 	tcpKeep, tcpFresh *keepAlive
-	cancel      context.CancelFunc
-	wg          sync.WaitGroup
-	reported    bool
+	cancel            context.CancelFunc
+	wg                sync.WaitGroup
+	reported          bool
 }
 
 // startLoad starts both clients on url; they stop at l.stop or at the end
