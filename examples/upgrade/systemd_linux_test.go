@@ -110,6 +110,7 @@ type unitSubst struct {
 var (
 	listenFlag     = regexp.MustCompile(`-listen[ =]\S+`)
 	listenDatagram = regexp.MustCompile(`(?m)^ListenDatagram=.*$`)
+	listenStream   = regexp.MustCompile(`(?m)^ListenStream=.*$`)
 )
 
 // deployUnit returns unit file deploy/name with the test's binary,
@@ -141,6 +142,7 @@ func deployUnit(t *testing.T, name string, r unitSubst) string {
 	replace("[Unit]\n", "[Unit]\nDefaultDependencies=no\n")
 	if strings.HasSuffix(name, ".socket") {
 		replaceRE(listenDatagram, "ListenDatagram="+r.addr)
+		replaceRE(listenStream, "ListenStream="+r.addr)
 	} else {
 		replace("/usr/local/bin/h3up", r.bin)
 		replace("/etc/h3up/cert.pem", r.certFile)
