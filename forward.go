@@ -3,7 +3,6 @@ package udppool
 import (
 	"encoding/binary"
 	"net"
-	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -12,6 +11,7 @@ import (
 	"github.com/quic-go/quic-go"
 	"golang.org/x/net/ipv4"
 
+	"github.com/udppool/udppool/internal/fwdframe"
 	"github.com/udppool/udppool/internal/quiclb"
 )
 
@@ -350,74 +350,16 @@ func (u *Upgrader) owner(st *routeState, b []byte) *peer {
 	return st.peer
 }
 
-// Forwarded datagram layout: key length, key, address length (4 or 16),
-// address, port, control message length (2 octets), control messages,
-// payload.
-func encodeForward(buf []byte, key string, m *ipv4.Message) []byte {
-	ua, _ := m.Addr.(*net.UDPAddr)
-	if ua == nil {
-		return nil
-	}
-	ap := ua.AddrPort()
-	ip := ap.Addr().AsSlice()
-	buf = append(buf, byte(len(key)))
-	buf = append(buf, key...)
-	buf = append(buf, byte(len(ip)))
-	buf = append(buf, ip...)
-	buf = binary.BigEndian.AppendUint16(buf, ap.Port())
-	buf = binary.BigEndian.AppendUint16(buf, uint16(m.NN))
-	buf = append(buf, m.OOB[:m.NN]...)
-	return append(buf, m.Buffers[0][:m.N]...)
-}
-
-func decodeForward(b []byte) (key string, pkt forwarded, ok bool) {
-	take := func(n int) []byte {
-		if n > len(b) {
-			ok = false
-			return nil
-		}
-		s := b[:n]
-		b = b[n:]
-		return s
-	}
-	ok = true
-	kl := take(1)
-	if !ok {
-		return
-	}
-	key = string(take(int(kl[0])))
-	al := take(1)
-	if !ok {
-		return
-	}
-	ipb := take(int(al[0]))
-	port := take(2)
-	ol := take(2)
-	if !ok {
-		return
-	}
-	ip, valid := netip.AddrFromSlice(ipb)
-	if !valid {
-		return "", forwarded{}, false
-	}
-	oob := take(int(binary.BigEndian.Uint16(ol)))
-	if !ok {
-		return
-	}
-	pkt = forwarded{
-		addr: net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip, binary.BigEndian.Uint16(port))),
-		oob:  append([]byte(nil), oob...),
-		data: append([]byte(nil), b...),
-	}
-	return key, pkt, true
-}
-
 // forward sends a datagram to the other generation. A full socket pair
 // drops it, as a full socket buffer would.
 func (u *Upgrader) forward(to *peer, key string, m *ipv4.Message) {
 	u.forwarded.Add(1)
+	ua, _ := m.Addr.(*net.UDPAddr)
+	if ua == nil {
+		return
+	}
 	bp := fwdBufs.Get().(*[]byte)
-	if b := encodeForward((*bp)[:0], key, m); b != nil {
+	if b := fwdframe.Append((*bp)[:0], key, ua.AddrPort(), m.OOB[:m.NN], m.Buffers[0][:m.N]); b != nil {
 		sendForward(to, b)
 		*bp = b
 	}
@@ -435,12 +377,16 @@ func (u *Upgrader) receive(s *peer) {
 		if err != nil {
 			return
 		}
-		key, pkt, ok := decodeForward(buf[:n])
-		if !ok {
+		fr, err := fwdframe.Parse(buf[:n])
+		if err != nil {
 			continue
 		}
-		if f := u.lookup(key); f != nil {
-			f.enqueue(pkt)
+		if f := u.lookup(fr.Key); f != nil {
+			f.enqueue(forwarded{
+				addr: net.UDPAddrFromAddrPort(fr.From),
+				oob:  append([]byte(nil), fr.OOB...),
+				data: append([]byte(nil), fr.Payload...),
+			})
 		}
 	}
 }

@@ -3,10 +3,7 @@ package udppool
 import (
 	"crypto/rand"
 	"encoding/binary"
-	"net"
 	"testing"
-
-	"golang.org/x/net/ipv4"
 
 	"github.com/udppool/udppool/internal/quiclb"
 )
@@ -85,25 +82,6 @@ func TestForwardOwner(t *testing.T) {
 			t.Errorf("%s: forwarded to generation %d, want kept", c.name, got.gen)
 		case c.want == toPeer && got != c.st.peer:
 			t.Errorf("%s: kept, want forwarded to generation %d", c.name, c.st.peer.gen)
-		}
-	}
-}
-
-// TestForwardFrame round-trips a forwarded datagram through its frame.
-func TestForwardFrame(t *testing.T) {
-	m := &ipv4.Message{
-		Buffers: [][]byte{[]byte("payload")}, N: 7,
-		OOB: []byte{1, 2, 3}, NN: 3,
-		Addr: &net.UDPAddr{IP: net.ParseIP("::1"), Port: 4433},
-	}
-	b := encodeForward(nil, "udp [::]:4433", m)
-	key, pkt, ok := decodeForward(b)
-	if !ok || key != "udp [::]:4433" || string(pkt.data) != "payload" || string(pkt.oob) != "\x01\x02\x03" || pkt.addr.String() != "[::1]:4433" {
-		t.Errorf("decoded %q %+v %v", key, pkt, ok)
-	}
-	for n := range len(b) - 7 { // cut before the payload
-		if _, _, ok := decodeForward(b[:n]); ok {
-			t.Errorf("frame cut at %d of %d decoded", n, len(b))
 		}
 	}
 }
