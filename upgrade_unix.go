@@ -4,7 +4,6 @@ package udppool
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +19,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/udppool/udppool/internal/fdpass"
 )
 
 // hello is the predecessor's first control message: the successor's
@@ -200,17 +201,7 @@ func (u *Upgrader) sendHello(s *peer) error {
 	if err != nil {
 		return err
 	}
-	frame := binary.BigEndian.AppendUint32(nil, uint32(len(body)))
-	frame = append(frame, body...)
-	var oob []byte
-	if len(fds) > 0 {
-		oob = unix.UnixRights(fds...)
-	}
-	n, _, err := s.ctrl.WriteMsgUnix(frame, oob, nil)
-	if err == nil && n < len(frame) {
-		_, err = s.ctrl.Write(frame[n:])
-	}
-	return err
+	return fdpass.Send(s.ctrl, body, fds)
 }
 
 // connectPredecessor takes over the control and forwarding sockets named by
@@ -307,32 +298,9 @@ func readHello(ctrl *net.UnixConn) (hello, []*os.File, error) {
 func readHelloFDs(ctrl *net.UnixConn, maxFDs int) (hello, []*os.File, error) {
 	ctrl.SetReadDeadline(time.Now().Add(helloTimeout))
 	defer ctrl.SetReadDeadline(time.Time{})
-	buf := make([]byte, 64<<10)
-	oob := make([]byte, unix.CmsgSpace(4*maxFDs))
-	n, oobn, flags, _, err := ctrl.ReadMsgUnix(buf, oob)
+	body, files, err := fdpass.Receive(ctrl, maxFDs)
 	if err != nil {
-		return hello{}, nil, err
-	}
-	var files []*os.File
-	// Parse one message at a time, so that one that fails to parse
-	// leaves the descriptors of those before it to close.
-	var perr error
-	for rest := oob[:oobn]; len(rest) > 0; {
-		hdr, data, next, err := unix.ParseOneSocketControlMessage(rest)
-		if err != nil {
-			perr = err
-			break
-		}
-		rest = next
-		if hdr.Level != unix.SOL_SOCKET || hdr.Type != unix.SCM_RIGHTS {
-			continue
-		}
-		for len(data) >= 4 {
-			fd := int(int32(binary.NativeEndian.Uint32(data)))
-			data = data[4:]
-			unix.CloseOnExec(fd)
-			files = append(files, os.NewFile(uintptr(fd), "udppool-inherited"))
-		}
+		return hello{}, nil, fmt.Errorf("hello: %w", err)
 	}
 	fail := func(err error) (hello, []*os.File, error) {
 		for _, f := range files {
@@ -340,29 +308,8 @@ func readHelloFDs(ctrl *net.UnixConn, maxFDs int) (hello, []*os.File, error) {
 		}
 		return hello{}, nil, err
 	}
-	switch {
-	case perr != nil:
-		return fail(fmt.Errorf("control message of the hello: %w", perr))
-	case flags&unix.MSG_CTRUNC != 0:
-		return fail(fmt.Errorf("hello: descriptors truncated (%d received): more sockets than %d, or this process's descriptor limit reached", len(files), maxFDs))
-	}
-	if n < 4 {
-		if _, err := io.ReadFull(ctrl, buf[n:4]); err != nil {
-			return fail(err)
-		}
-		n = 4
-	}
-	size := int(binary.BigEndian.Uint32(buf))
-	if size > len(buf)-4 {
-		return fail(fmt.Errorf("hello of %d bytes", size))
-	}
-	if n < 4+size {
-		if _, err := io.ReadFull(ctrl, buf[n:4+size]); err != nil {
-			return fail(err)
-		}
-	}
 	var h hello
-	if err := json.Unmarshal(buf[4:4+size], &h); err != nil {
+	if err := json.Unmarshal(body, &h); err != nil {
 		return fail(err)
 	}
 	if len(h.Sockets)+len(h.Listeners) != len(files) {
