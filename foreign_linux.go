@@ -6,28 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"syscall"
 
-	"golang.org/x/sys/unix"
+	"github.com/udppool/udppool/internal/sockdiag"
 )
 
 // socketInode returns the inode number of the socket behind raw, the number
 // under which the kernel lists it (sock_diag, /proc/net/udp).
-func socketInode(raw syscall.RawConn) (uint64, error) {
-	var st unix.Stat_t
-	var serr error
-	if err := raw.Control(func(fd uintptr) { serr = unix.Fstat(int(fd), &st) }); err != nil {
-		return 0, err
-	}
-	if serr != nil {
-		return 0, os.NewSyscallError("fstat", serr)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return 0, fmt.Errorf("descriptor is not a socket (mode %#o)", st.Mode)
-	}
-	return uint64(st.Ino), nil
-}
+func socketInode(raw syscall.RawConn) (uint64, error) { return sockdiag.Inode(raw) }
 
 // foreignSockets lists the UDP sockets of the calling thread's network
 // namespace that are bound to the port of k with addresses overlapping those
@@ -60,76 +46,48 @@ func foreignSockets(k Key, ours map[uint64]bool) ([]ForeignSocket, error) {
 	if k.Addr.Port() == 0 {
 		return nil, nil // only bound sockets are listed, and none has port 0
 	}
-	socks, err := listUDP(k.Addr.Port(), diagUDP)
+	socks, err := sockdiag.List(k.Addr.Port())
 	if err != nil {
 		return nil, fmt.Errorf("foreign socket detection: %w", err)
 	}
 	return filterForeign(k, ours, socks), nil
 }
 
-// listUDP lists the UDP sockets on port (and, from /proc, others too)
-// through diag, or from /proc where diag finds no sock_diag for UDP.
-func listUDP(port uint16, diag func(uint16) ([]udpSocket, error)) ([]udpSocket, error) {
-	socks, err := diag(port)
-	if !errors.Is(err, errNoSockDiag) {
-		return socks, err
-	}
-	socks, perr := procUDP()
-	if perr != nil {
-		return nil, errors.Join(err, perr)
-	}
-	return socks, nil
-}
-
 // filterForeign returns the sockets that foreignSockets reports for k, in
 // the order given.
-func filterForeign(k Key, ours map[uint64]bool, socks []udpSocket) []ForeignSocket {
+func filterForeign(k Key, ours map[uint64]bool, socks []sockdiag.Socket) []ForeignSocket {
 	var found []ForeignSocket
 	for _, s := range socks {
-		if s.inode == 0 || ours[s.inode] || s.local.Port() != k.Addr.Port() || s.connected() {
+		if s.Inode == 0 || ours[s.Inode] || s.Local.Port() != k.Addr.Port() || s.Connected() {
 			continue
 		}
-		if !collides(k, s.key()) {
+		sk := socketKey(s)
+		if !collides(k, sk) {
 			continue
 		}
-		network := s.key().Network
-		if s.local.Addr().Is6() && network == "udp4" {
+		network := sk.Network
+		if s.Local.Addr().Is6() && network == "udp4" {
 			network = "udp6" // an IPv4-mapped address; Local shows it
 		}
-		found = append(found, ForeignSocket{Network: network, Local: s.local, Inode: s.inode, UID: s.uid})
+		found = append(found, ForeignSocket{Network: network, Local: s.Local, Inode: s.Inode, UID: s.UID})
 	}
 	return found
 }
 
-// udpSocket is one UDP socket as the kernel lists it. Addresses of AF_INET
-// sockets are 4-byte, those of AF_INET6 sockets 16-byte.
-type udpSocket struct {
-	local, remote netip.AddrPort
-	// v6only is IPV6_V6ONLY of an AF_INET6 socket, where known.
-	v6only bool
-	uid    uint32
-	inode  uint64
-}
-
-// connected reports whether the socket is connected to a peer.
-func (s udpSocket) connected() bool {
-	return s.remote.Port() != 0 || !s.remote.Addr().IsUnspecified()
-}
-
-// key returns the key that describes the addresses the socket receives:
-// an IPv6 wildcard is dual-stack unless known to be IPv6-only, and an
+// socketKey returns the key that describes the addresses s receives: an
+// IPv6 wildcard is dual-stack unless known to be IPv6-only, and an
 // IPv4-mapped IPv6 address counts as its IPv4 address.
-func (s udpSocket) key() Key {
-	ip, port := s.local.Addr(), s.local.Port()
+func socketKey(s sockdiag.Socket) Key {
+	ip, port := s.Local.Addr(), s.Local.Port()
 	switch {
 	case ip.Is4():
-		return Key{Network: "udp4", Addr: s.local}
+		return Key{Network: "udp4", Addr: s.Local}
 	case ip.Is4In6():
 		return Key{Network: "udp4", Addr: netip.AddrPortFrom(ip.Unmap(), port)}
-	case ip.IsUnspecified() && !s.v6only:
-		return Key{Network: "udp", Addr: s.local}
+	case ip.IsUnspecified() && !s.V6Only:
+		return Key{Network: "udp", Addr: s.Local}
 	default:
-		return Key{Network: "udp6", Addr: s.local}
+		return Key{Network: "udp6", Addr: s.Local}
 	}
 }
 

@@ -3,7 +3,6 @@ package udppool
 import (
 	"cmp"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -11,145 +10,40 @@ import (
 	"os"
 	"slices"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 
 	"github.com/udppool/udppool/internal/netns"
+	"github.com/udppool/udppool/internal/sockdiag"
 	"golang.org/x/sys/unix"
 )
 
-// Sample socket tables as a little-endian host prints them.
-const (
-	sampleUDP = `   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
-  109: 00000000:01BB 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 12345 2 0000000000000000 0
-  110: 0100007F:01BB 00000000:0000 07 00000000:00000000 00:00000000 00000000  1000        0 12346 2 0000000000000000 0
-  111: 0200007F:01BB 00000000:0000 07 00000000:00000000 00:00000000 00000000  1000        0 12347 2 0000000000000000 0
-
-  112: 0100007F:01BB 0100007F:C350 01 00000000:00000000 00:00000000 00000000  1000        0 12348 2 0000000000000000 0
-  113: 00000000:01BC 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 12349 2 0000000000000000 0
-  114: 00000000:01BB 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 0 2 0000000000000000 0
-`
-	sampleUDP6 = `  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
-  200: 00000000000000000000000000000000:01BB 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 22221 2 0000000000000000 0
-  201: 00000000000000000000000001000000:01BB 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 22222 2 0000000000000000 0
-  202: 0000000000000000FFFF00000100007F:01BB 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000    33        0 22223 2 0000000000000000 0
-  203: 000080FE000000000000000001000000:01BB 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 22224 2 0000000000000000 0
-  204: B80D0120000000000000000001000000:01BB 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000 4294967295        0 22225 2 0000000000000000 0
-`
-)
-
-func parseSample(t *testing.T, text string, v6 bool) []udpSocket {
-	t.Helper()
-	es, err := parseProcUDP(strings.NewReader(text), v6, binary.LittleEndian)
-	if err != nil {
-		t.Fatalf("parsing sample (v6 %v): %v", v6, err)
-	}
-	return es
+// sampleSockets are sockets as the kernel lists them (see the sample
+// tables of internal/sockdiag): IPv4, then IPv6, which /proc does not
+// tell IPv6-only.
+var sampleSockets = []sockdiag.Socket{
+	{Local: ap("0.0.0.0:443"), Remote: ap("0.0.0.0:0"), UID: 0, Inode: 12345},
+	{Local: ap("127.0.0.1:443"), Remote: ap("0.0.0.0:0"), UID: 1000, Inode: 12346},
+	{Local: ap("127.0.0.2:443"), Remote: ap("0.0.0.0:0"), UID: 1000, Inode: 12347},
+	{Local: ap("127.0.0.1:443"), Remote: ap("127.0.0.1:50000"), UID: 1000, Inode: 12348},
+	{Local: ap("0.0.0.0:444"), Remote: ap("0.0.0.0:0"), UID: 0, Inode: 12349},
+	{Local: ap("0.0.0.0:443"), Remote: ap("0.0.0.0:0"), UID: 0, Inode: 0},
+	{Local: ap("[::]:443"), Remote: ap("[::]:0"), UID: 0, Inode: 22221},
+	{Local: ap("[::1]:443"), Remote: ap("[::]:0"), UID: 0, Inode: 22222},
+	{Local: ap("[::ffff:127.0.0.1]:443"), Remote: ap("[::]:0"), UID: 33, Inode: 22223},
+	{Local: ap("[fe80::1]:443"), Remote: ap("[::]:0"), UID: 0, Inode: 22224},
+	{Local: ap("[2001:db8::1]:443"), Remote: ap("[::]:0"), UID: 4294967295, Inode: 22225},
 }
 
 func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
-
-func TestForeignParse(t *testing.T) {
-	any4 := ap("0.0.0.0:0")
-	any6 := ap("[::]:0")
-	want4 := []udpSocket{
-		{local: ap("0.0.0.0:443"), remote: any4, uid: 0, inode: 12345},
-		{local: ap("127.0.0.1:443"), remote: any4, uid: 1000, inode: 12346},
-		{local: ap("127.0.0.2:443"), remote: any4, uid: 1000, inode: 12347},
-		{local: ap("127.0.0.1:443"), remote: ap("127.0.0.1:50000"), uid: 1000, inode: 12348},
-		{local: ap("0.0.0.0:444"), remote: any4, uid: 0, inode: 12349},
-		{local: ap("0.0.0.0:443"), remote: any4, uid: 0, inode: 0},
-	}
-	if got := parseSample(t, sampleUDP, false); !slices.Equal(got, want4) {
-		t.Errorf("udp table:\n got %+v\nwant %+v", got, want4)
-	}
-	want6 := []udpSocket{
-		{local: ap("[::]:443"), remote: any6, uid: 0, inode: 22221},
-		{local: ap("[::1]:443"), remote: any6, uid: 0, inode: 22222},
-		{local: ap("[::ffff:127.0.0.1]:443"), remote: any6, uid: 33, inode: 22223},
-		{local: ap("[fe80::1]:443"), remote: any6, uid: 0, inode: 22224},
-		{local: ap("[2001:db8::1]:443"), remote: any6, uid: 4294967295, inode: 22225},
-	}
-	if got := parseSample(t, sampleUDP6, true); !slices.Equal(got, want6) {
-		t.Errorf("udp6 table:\n got %+v\nwant %+v", got, want6)
-	}
-
-	// A big-endian host prints the words in network order.
-	be := "  1: 7F000001:01BB 00000000:0000 07 00000000:00000000 00:00000000 00000000 0 0 7 2 0 0\n"
-	es, err := parseProcUDP(strings.NewReader(be), false, binary.BigEndian)
-	if err != nil || len(es) != 1 || es[0].local != ap("127.0.0.1:443") {
-		t.Errorf("big-endian line: %+v, %v; want 127.0.0.1:443", es, err)
-	}
-
-	// Empty tables and header-only tables have no entries.
-	for _, text := range []string{"", "\n\n", strings.SplitAfter(sampleUDP, "\n")[0]} {
-		if es, err := parseProcUDP(strings.NewReader(text), false, binary.LittleEndian); err != nil || len(es) != 0 {
-			t.Errorf("parse(%q) = %+v, %v; want nothing", text, es, err)
-		}
-	}
-}
-
-func TestForeignParseMalformed(t *testing.T) {
-	const rest = " 07 00000000:00000000 00:00000000 00000000  1000        0 12346 2 0000000000000000 0"
-	line4 := func(local, remote string) string { return "  1: " + local + " " + remote + rest }
-	const z4, z6 = "00000000:0000", "00000000000000000000000000000000:0000"
-	tests := []struct {
-		name string
-		v6   bool
-		line string
-	}{
-		{"too few columns", false, "  1: 0100007F:01BB 00000000:0000 07"},
-		{"slot without colon", false, "  1 0100007F:01BB" + " " + z4 + rest},
-		{"local without port", false, line4("0100007F01BB", z4)},
-		{"remote without port", false, line4("0100007F:01BB", "00000000")},
-		{"bad hex", false, line4("0100007G:01BB", z4)},
-		{"short address", false, line4("100007F:01BB", z4)},
-		{"long address", false, line4("00100007F:01BB", z4)},
-		{"signed address", false, line4("+100007F:01BB", z4)},
-		{"0x address", false, line4("0x00007F:01BB", z4)},
-		{"empty port", false, line4("0100007F:", z4)},
-		{"long port", false, line4("0100007F:101BB", z4)},
-		{"bad port", false, line4("0100007F:01BX", z4)},
-		{"two colons", false, line4("0100007F:01BB:1", z4)},
-		{"IPv6 address in udp", false, line4("00000000000000000000000001000000:01BB", z4)},
-		{"IPv4 address in udp6", true, "  1: 0100007F:01BB " + z6 + rest},
-		{"uid not a number", false, "  1: 0100007F:01BB " + z4 + " 07 00000000:00000000 00:00000000 00000000 x 0 5 2 0 0"},
-		{"negative uid", false, "  1: 0100007F:01BB " + z4 + " 07 00000000:00000000 00:00000000 00000000 -1 0 5 2 0 0"},
-		{"uid too large", false, "  1: 0100007F:01BB " + z4 + " 07 00000000:00000000 00:00000000 00000000 4294967296 0 5 2 0 0"},
-		{"negative inode", false, "  1: 0100007F:01BB " + z4 + " 07 00000000:00000000 00:00000000 00000000 0 0 -5 2 0 0"},
-		{"inode not decimal", false, "  1: 0100007F:01BB " + z4 + " 07 00000000:00000000 00:00000000 00000000 0 0 1e3 2 0 0"},
-		{"garbage", false, "\x00\xff:: ::: :"},
-		{"line too long", false, strings.Repeat("0", 1<<20)},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			header, good := sampleUDP, ""
-			if tt.v6 {
-				header = sampleUDP6
-			}
-			header, good, _ = strings.Cut(header, "\n") // header line, then the first entry
-			good, _, _ = strings.Cut(good, "\n")
-			text := header + "\n" + good + "\n" + tt.line + "\n" + good + "\n"
-			es, err := parseProcUDP(strings.NewReader(text), tt.v6, binary.LittleEndian)
-			if err == nil {
-				t.Fatalf("parsed %q as %+v; want an error", tt.line, es)
-			}
-			if tt.name != "line too long" && !strings.Contains(err.Error(), "line 3") {
-				t.Errorf("error %q does not name line 3", err)
-			}
-		})
-	}
-}
 
 // TestForeignFilter checks which sockets of the sample tables, and of
 // sockets known to be IPv6-only (as sock_diag tells), count as foreign for
 // a key.
 func TestForeignFilter(t *testing.T) {
-	socks := append(parseSample(t, sampleUDP, false), parseSample(t, sampleUDP6, true)...)
-	socks = append(socks,
-		udpSocket{local: ap("[::]:443"), remote: ap("[::]:0"), v6only: true, inode: 33331},
-		udpSocket{local: ap("[::1]:443"), remote: ap("[::]:0"), v6only: true, inode: 33332},
+	socks := append(slices.Clone(sampleSockets),
+		sockdiag.Socket{Local: ap("[::]:443"), Remote: ap("[::]:0"), V6Only: true, Inode: 33331},
+		sockdiag.Socket{Local: ap("[::1]:443"), Remote: ap("[::]:0"), V6Only: true, Inode: 33332},
 	)
 	k := func(network, addr string) Key { return Key{Network: network, Addr: ap(addr)} }
 	tests := []struct {
@@ -510,7 +404,8 @@ func TestForeignSocketsSpecific(t *testing.T) {
 }
 
 // TestForeignSocketsNamespace checks that foreignSockets reads the socket
-// tables of the calling thread's network namespace, not the process's.
+// tables of the calling thread's network namespace, not the process's
+// (internal/sockdiag checks its readers there too).
 func TestForeignSocketsNamespace(t *testing.T) {
 	needIPv4(t)
 	p := newPool(t)
@@ -528,7 +423,6 @@ func TestForeignSocketsNamespace(t *testing.T) {
 
 	var inner *net.UDPConn
 	var got []ForeignSocket
-	var proc []udpSocket
 	err = ns.Do(func() error {
 		// The namespace has its own ports: no reuse needed.
 		pc, err := net.ListenPacket("udp4", k.Addr.String())
@@ -536,10 +430,7 @@ func TestForeignSocketsNamespace(t *testing.T) {
 			return err
 		}
 		inner = pc.(*net.UDPConn)
-		if got, err = foreignSockets(k, nil); err != nil {
-			return err
-		}
-		proc, err = procUDP() // the fallback too
+		got, err = foreignSockets(k, nil)
 		return err
 	})
 	if inner != nil {
@@ -551,187 +442,6 @@ func TestForeignSocketsNamespace(t *testing.T) {
 	if want := []ForeignSocket{foreignOf(t, inner)}; !slices.Equal(got, want) {
 		t.Errorf("in the namespace: foreign sockets %v, want %v", got, want)
 	}
-	if len(proc) != 1 || proc[0].inode != inodeOf(t, inner) {
-		t.Errorf("in the namespace: /proc lists %+v, want only the socket %d", proc, inodeOf(t, inner))
-	}
 	// Outside, only the pool's socket is on the port.
 	checkForeign(t, k, nil, ForeignSocket{Network: "udp4", Local: k.Addr, Inode: own, UID: uint32(os.Getuid())})
-}
-
-// TestForeignSockDiagAgreesWithProc binds sockets of every kind on one
-// port and checks that sock_diag and the /proc fallback list the same
-// sockets, and that only sock_diag tells an IPv6-only [::] from a
-// dual-stack one.
-func TestForeignSockDiagAgreesWithProc(t *testing.T) {
-	needIPv4(t)
-	needIPv6(t)
-	first := foreignListen(t, true, "udp4", ap("127.0.0.1:0"))
-	P := first.LocalAddr().(*net.UDPAddr).AddrPort().Port()
-	at := func(ip string) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr(ip), P) }
-	v6only := bindRaw(t, at("::"), true)
-	dual := bindRaw(t, at("::"), false)
-	mapped := bindRaw(t, at("::ffff:127.0.0.1"), false)
-	loop6 := foreignListen(t, true, "udp6", at("::1")) // package net sets IPV6_V6ONLY
-	any4 := foreignListen(t, true, "udp4", at("0.0.0.0"))
-	peer := foreignListen(t, false, "udp4", ap("127.0.0.1:0"))
-	d := net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(at("127.0.0.1")), Control: setReusePort}
-	conn, err := d.Dial("udp4", peer.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	// Only these are compared: another process of this user may share the
-	// port (SO_REUSEPORT), and its sockets may come and go between reads.
-	ours := map[uint64]bool{}
-	for _, c := range []syscaller{first, v6only, dual, mapped, loop6, any4, conn.(*net.UDPConn)} {
-		ours[inodeOf(t, c)] = true
-	}
-	mine := func(socks []udpSocket) []udpSocket {
-		socks = slices.DeleteFunc(socks, func(s udpSocket) bool { return !ours[s.inode] })
-		slices.SortFunc(socks, func(a, b udpSocket) int { return cmp.Compare(a.inode, b.inode) })
-		return socks
-	}
-
-	diag, err := diagUDP(P)
-	if err != nil {
-		t.Fatalf("sock_diag: %v", err)
-	}
-	if slices.ContainsFunc(diag, func(s udpSocket) bool { return s.local.Port() != P }) {
-		t.Errorf("sock_diag lists sockets on other ports than %d: %+v", P, diag)
-	}
-	all, err := procUDP()
-	if err != nil {
-		t.Fatalf("/proc: %v", err)
-	}
-	diag, proc := mine(diag), mine(all)
-	if len(diag) != len(ours) {
-		t.Errorf("sock_diag lists %d of the %d sockets on port %d: %+v", len(diag), len(ours), P, diag)
-	}
-	got := slices.Clone(diag)
-	only := []uint64{inodeOf(t, v6only), inodeOf(t, loop6)}
-	for i := range got {
-		if got[i].v6only != slices.Contains(only, got[i].inode) {
-			t.Errorf("sock_diag: %+v has v6only %v", got[i], got[i].v6only)
-		}
-		got[i].v6only = false // /proc cannot tell
-	}
-	if !slices.Equal(got, proc) {
-		t.Errorf("sock_diag and /proc disagree:\n%+v\n%+v", diag, proc)
-	}
-	for _, s := range diag {
-		if s.inode == inodeOf(t, dual) && s.key().Network != "udp" || s.inode == inodeOf(t, v6only) && s.key().Network != "udp6" {
-			t.Errorf("socket %+v has key %v", s, s.key())
-		}
-	}
-}
-
-// TestForeignFallback checks that /proc is read where sock_diag is
-// unavailable, and only there.
-func TestForeignFallback(t *testing.T) {
-	needIPv4(t)
-	c := foreignListen(t, false, "udp4", ap("127.0.0.1:0"))
-	P := c.LocalAddr().(*net.UDPAddr).AddrPort().Port()
-	unavailable := func(uint16) ([]udpSocket, error) {
-		return nil, fmt.Errorf("%w: %w", errNoSockDiag, unix.EPROTONOSUPPORT)
-	}
-	socks, err := listUDP(P, unavailable)
-	if err != nil || !slices.ContainsFunc(socks, func(s udpSocket) bool { return s.inode == inodeOf(t, c) }) {
-		t.Errorf("without sock_diag: %d sockets, %v; want those of /proc, with %v", len(socks), err, c.LocalAddr())
-	}
-	failing := func(uint16) ([]udpSocket, error) { return nil, unix.ENOBUFS }
-	if socks, err := listUDP(P, failing); !errors.Is(err, unix.ENOBUFS) {
-		t.Errorf("failing sock_diag: %d sockets, %v; want its error", len(socks), err)
-	}
-}
-
-// diagMsg builds a struct inet_diag_msg as the kernel sends it, with
-// attributes attrs.
-func diagMsg(family uint8, local netip.AddrPort, uid, inode uint32, attrs ...byte) []byte {
-	b := make([]byte, sizeofInetDiagMsg, sizeofInetDiagMsg+len(attrs))
-	b[0], b[1] = family, 7 // TCP_CLOSE: unconnected
-	binary.BigEndian.PutUint16(b[offDiagSockID:], local.Port())
-	ip := local.Addr().AsSlice()
-	copy(b[offDiagSockID+4:], ip)
-	binary.NativeEndian.PutUint32(b[offDiagUID:], uid)
-	binary.NativeEndian.PutUint32(b[offDiagInode:], inode)
-	return append(b, attrs...)
-}
-
-// nlattr builds one attribute, padded.
-func nlattr(typ uint16, payload ...byte) []byte {
-	b := binary.NativeEndian.AppendUint16(nil, uint16(4+len(payload)))
-	b = binary.NativeEndian.AppendUint16(b, typ)
-	b = append(b, payload...)
-	for len(b)%4 != 0 {
-		b = append(b, 0)
-	}
-	return b
-}
-
-func TestForeignParseDiagMsg(t *testing.T) {
-	v6only := nlattr(inetDiagSKV6Only, 1)
-	other := nlattr(5, 0) // INET_DIAG_TOS
-	for _, tt := range []struct {
-		msg  []byte
-		want udpSocket
-	}{
-		{diagMsg(unix.AF_INET, ap("127.0.0.1:443"), 1000, 77),
-			udpSocket{local: ap("127.0.0.1:443"), remote: ap("0.0.0.0:0"), uid: 1000, inode: 77}},
-		{diagMsg(unix.AF_INET6, ap("[::]:443"), 0, 78, slices.Concat(other, v6only)...),
-			udpSocket{local: ap("[::]:443"), remote: ap("[::]:0"), v6only: true, inode: 78}},
-		{diagMsg(unix.AF_INET6, ap("[::]:443"), 0, 79, nlattr(inetDiagSKV6Only, 0)...),
-			udpSocket{local: ap("[::]:443"), remote: ap("[::]:0"), inode: 79}},
-		// A nested or byte-order flag on the type does not hide it.
-		{diagMsg(unix.AF_INET6, ap("[::]:443"), 0, 80, nlattr(inetDiagSKV6Only|0x8000, 1)...),
-			udpSocket{local: ap("[::]:443"), remote: ap("[::]:0"), v6only: true, inode: 80}},
-	} {
-		got, err := parseDiagMsg(tt.msg)
-		if err != nil || got != tt.want {
-			t.Errorf("parseDiagMsg = %+v, %v; want %+v", got, err, tt.want)
-		}
-	}
-
-	good := diagMsg(unix.AF_INET6, ap("[::]:443"), 0, 78, v6only...)
-	for name, msg := range map[string][]byte{
-		"empty":              nil,
-		"short":              good[:sizeofInetDiagMsg-1],
-		"unknown family":     diagMsg(unix.AF_UNIX, ap("[::]:443"), 0, 1),
-		"short attribute":    good[:sizeofInetDiagMsg+2],
-		"attribute too long": diagMsg(unix.AF_INET6, ap("[::]:443"), 0, 1, 40, 0, 11, 0, 1),
-		"attribute length 2": diagMsg(unix.AF_INET6, ap("[::]:443"), 0, 1, 2, 0, 11, 0),
-		"v6only of 4 bytes":  diagMsg(unix.AF_INET6, ap("[::]:443"), 0, 1, nlattr(inetDiagSKV6Only, 1, 0, 0, 0)...),
-	} {
-		if got, err := parseDiagMsg(msg); err == nil {
-			t.Errorf("%s: parsed %+v, want an error", name, got)
-		}
-	}
-
-	// Netlink framing: two messages, the first padded.
-	frame := func(typ uint16, data []byte) []byte {
-		b := binary.NativeEndian.AppendUint32(nil, uint32(unix.NLMSG_HDRLEN+len(data)))
-		b = binary.NativeEndian.AppendUint16(b, typ)
-		b = binary.NativeEndian.AppendUint16(b, unix.NLM_F_MULTI)
-		b = binary.NativeEndian.AppendUint32(b, 9)
-		b = binary.NativeEndian.AppendUint32(b, 0)
-		return append(b, data...)
-	}
-	two := slices.Concat(frame(unix.SOCK_DIAG_BY_FAMILY, []byte{1, 2, 3}), []byte{0}, frame(unix.NLMSG_DONE, []byte{0, 0, 0, 0}))
-	msgs, err := splitNetlink(two)
-	if err != nil || len(msgs) != 2 || !slices.Equal(msgs[0].Data, []byte{1, 2, 3}) ||
-		msgs[1].Header.Type != unix.NLMSG_DONE || msgs[1].Header.Seq != 9 {
-		t.Errorf("splitNetlink = %+v, %v", msgs, err)
-	}
-	for name, b := range map[string][]byte{
-		"short header":    two[:unix.NLMSG_HDRLEN-1],
-		"length too long": two[:unix.NLMSG_HDRLEN+2],
-		"length too short": func() []byte {
-			b := slices.Clone(two)
-			binary.NativeEndian.PutUint32(b, 3)
-			return b
-		}(),
-	} {
-		if msgs, err := splitNetlink(b); err == nil {
-			t.Errorf("%s: split into %+v, want an error", name, msgs)
-		}
-	}
 }

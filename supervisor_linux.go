@@ -33,15 +33,19 @@ import (
 var supervisedSignals = []os.Signal{unix.SIGHUP, unix.SIGINT, unix.SIGTERM, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2, unix.SIGWINCH}
 
 // startAsSibling makes cmd a child of this process's parent rather than of
-// this process, where a service manager follows the main process by the
-// notify protocol (systemd, or the supervisor above). systemd treats a main
-// process that is not its own child as alien: it cannot wait for it, and
-// at the unit's stop it sends SIGKILL right after SIGTERM when nothing
-// else is left in the unit, cutting the last generation's drain. A
-// successor that is systemd's child is waited for like the first process.
-func startAsSibling(cmd *exec.Cmd) {
-	if os.Getenv(systemd.NotifyEnv) == "" || os.Getpid() == 1 {
-		return // PID 1 cannot have siblings
+// this process where a service manager follows the main process: by the
+// notify protocol (systemd, or the supervisor above), or by a PID file
+// (managed is set). systemd treats a main process that is not its own
+// child as alien: it cannot wait for it, and at the unit's stop it sends
+// SIGKILL right after SIGTERM when nothing else is left in the unit,
+// cutting the last generation's drain. A PID file can name the successor
+// while it is still this process's child too: systemd reads the file again
+// when ExecReload ends, which on a busy machine comes after the
+// successor's Ready. A successor that is systemd's child is waited for
+// like the first process.
+func startAsSibling(cmd *exec.Cmd, managed bool) {
+	if !managed && os.Getenv(systemd.NotifyEnv) == "" || os.Getpid() == 1 {
+		return // nobody follows the main process, or PID 1, which cannot have siblings
 	}
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}

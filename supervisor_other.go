@@ -10,4 +10,4 @@ func (u *Upgrader) superviseIfPID1() {}
 
 // startAsSibling leaves cmd a child of this process: only Linux can start
 // a process as its sibling.
-func startAsSibling(*exec.Cmd) {}
+func startAsSibling(*exec.Cmd, bool) {}

@@ -28,7 +28,10 @@ import (
 // predecessor is told to exit, a predecessor whose upgrade failed writes
 // its own pid again, and the last generation removes it when it stops. A
 // systemd unit with Type=simple or Type=forking and PIDFile= set to the
-// same path then follows upgrades.
+// same path then follows upgrades. On Linux a successor then starts as a
+// child of this process's parent (the service manager) rather than of
+// this process, as under NOTIFY_SOCKET, so that the manager can wait for
+// it as for any main process.
 func WithPIDFile(path string) UpgradeOption {
 	return func(o *upgradeOptions) { o.pidFile = path }
 }

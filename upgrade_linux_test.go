@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -23,6 +22,8 @@ import (
 	"github.com/quic-go/quic-go"
 	"golang.org/x/net/nettest"
 	"golang.org/x/sys/unix"
+
+	"github.com/udppool/udppool/internal/sockdiag"
 )
 
 // upgradeServers runs the server processes of an upgrade test: the first
@@ -281,24 +282,14 @@ func (s *upgradeServers) upgrade(from serverLine) serverLine {
 // members counts the sockets bound to the port on this host.
 func (s *upgradeServers) members() int {
 	s.t.Helper()
-	files, err := openProcUDP()
+	socks, err := sockdiag.List(s.port)
 	if err != nil {
 		s.t.Fatal(err)
 	}
 	n := 0
-	for _, f := range files {
-		if f.f == nil {
-			continue
-		}
-		entries, err := parseProcUDP(f.f, f.v6, binary.NativeEndian)
-		f.f.Close()
-		if err != nil {
-			s.t.Fatal(err)
-		}
-		for _, e := range entries {
-			if e.local.Port() == s.port && !e.connected() {
-				n++
-			}
+	for _, e := range socks {
+		if !e.Connected() {
+			n++
 		}
 	}
 	return n

@@ -82,7 +82,7 @@ func (u *Upgrader) start(ctx context.Context) (*peer, error) {
 			cmd.Env = os.Environ()
 		}
 		cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d,%d", upgradeEnv, n, n+1))
-		startAsSibling(cmd)
+		startAsSibling(cmd, u.opts.pidFile != "")
 		err = cmd.Start()
 	}
 	ctrlChild.Close()

@@ -1,6 +1,4 @@
-//go:build linux
-
-package udppool
+package sockdiag
 
 import (
 	"encoding/binary"
@@ -43,12 +41,12 @@ const (
 var errNoSockDiag = errors.New("sock_diag for UDP unavailable")
 
 // diagUDP lists the UDP sockets of the calling thread's network namespace
-// that are bound to port, through the kernel's sock_diag netlink interface
-// (as ss -u does), IPv4 and IPv6.
+// that are bound to port (every one for port 0), through the kernel's
+// sock_diag netlink interface (as ss -u does), IPv4 and IPv6.
 //
 // A netlink socket answers for the network namespace it was created in, so
 // the thread is locked only while it is created.
-func diagUDP(port uint16) ([]udpSocket, error) {
+func diagUDP(port uint16) ([]Socket, error) {
 	runtime.LockOSThread()
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
 	runtime.UnlockOSThread()
@@ -56,7 +54,7 @@ func diagUDP(port uint16) ([]udpSocket, error) {
 		return nil, fmt.Errorf("%w: %w", errNoSockDiag, os.NewSyscallError("socket NETLINK_SOCK_DIAG", err))
 	}
 	defer unix.Close(fd)
-	var all []udpSocket
+	var all []Socket
 	for i, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
 		found, err := diagDump(fd, uint32(i+1), family, port)
 		if err != nil {
@@ -67,10 +65,9 @@ func diagUDP(port uint16) ([]udpSocket, error) {
 	return all, nil
 }
 
-// diagDump sends one dump request for the UDP sockets of family on port
-// and collects the answer, up to the end of the dump.
-func diagDump(fd int, seq uint32, family uint8, port uint16) ([]udpSocket, error) {
-	name := map[uint8]string{unix.AF_INET: "IPv4", unix.AF_INET6: "IPv6"}[family]
+// diagRequest returns a dump request for the UDP sockets of family on port
+// (every port for 0).
+func diagRequest(seq uint32, family uint8, port uint16) []byte {
 	req := make([]byte, unix.SizeofNlMsghdr+sizeofInetDiagReqV2)
 	ne := binary.NativeEndian
 	ne.PutUint32(req[0:], uint32(len(req)))
@@ -80,18 +77,25 @@ func diagDump(fd int, seq uint32, family uint8, port uint16) ([]udpSocket, error
 	r := req[unix.SizeofNlMsghdr:]
 	r[0] = family
 	r[1] = unix.IPPROTO_UDP
-	ne.PutUint32(r[4:], ^uint32(0)) // every state; connected sockets are skipped later
+	ne.PutUint32(r[4:], ^uint32(0)) // every state: connected sockets are the caller's to skip
 	// The kernel skips sockets on other ports itself: a host may have
 	// thousands of UDP sockets, and only one port matters.
 	binary.BigEndian.PutUint16(r[8:], port) // id.idiag_sport
-	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	return req
+}
+
+// diagDump sends one dump request for the UDP sockets of family on port
+// and collects the answer, up to the end of the dump.
+func diagDump(fd int, seq uint32, family uint8, port uint16) ([]Socket, error) {
+	name := familyName(family)
+	if err := unix.Sendto(fd, diagRequest(seq, family, port), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return nil, fmt.Errorf("%w: %w", errNoSockDiag, os.NewSyscallError("sendto NETLINK_SOCK_DIAG", err))
 	}
 
 	// Larger than the 32 KiB that the kernel fills at most per dump
 	// message batch, so nothing is truncated.
 	buf := make([]byte, 64<<10)
-	var found []udpSocket
+	var found []Socket
 	for {
 		n, _, flags, _, err := unix.Recvmsg(fd, buf, nil, 0)
 		if err == unix.EINTR {
@@ -103,42 +107,65 @@ func diagDump(fd int, seq uint32, family uint8, port uint16) ([]udpSocket, error
 		if flags&unix.MSG_TRUNC != 0 {
 			return nil, fmt.Errorf("sock_diag %s dump: message truncated", name)
 		}
-		msgs, err := splitNetlink(buf[:n])
-		if err != nil {
-			return nil, fmt.Errorf("sock_diag %s dump: %w", name, err)
-		}
-		for _, m := range msgs {
-			if m.Header.Seq != seq {
-				return nil, fmt.Errorf("sock_diag %s dump: answer to request %d, want %d", name, m.Header.Seq, seq)
-			}
-			switch m.Header.Type {
-			case unix.NLMSG_DONE:
-				// A dump that failed after it started ends with the
-				// negative errno in place of a count.
-				if len(m.Data) >= 4 {
-					if code := int32(ne.Uint32(m.Data)); code < 0 {
-						return nil, diagErr(name, syscall.Errno(-code))
-					}
-				}
-				return found, nil
-			case unix.NLMSG_ERROR:
-				if len(m.Data) < 4 {
-					return nil, fmt.Errorf("sock_diag %s dump: short error message", name)
-				}
-				if code := int32(ne.Uint32(m.Data)); code < 0 {
-					return nil, diagErr(name, syscall.Errno(-code))
-				}
-			case unix.SOCK_DIAG_BY_FAMILY:
-				s, err := parseDiagMsg(m.Data)
-				if err != nil {
-					return nil, fmt.Errorf("sock_diag %s dump: %w", name, err)
-				}
-				found = append(found, s)
-			default:
-				return nil, fmt.Errorf("sock_diag %s dump: unexpected message type %d", name, m.Header.Type)
-			}
+		var done bool
+		if found, done, err = collect(found, buf[:n], seq, name); err != nil || done {
+			return found, err
 		}
 	}
+}
+
+// familyName names an address family in errors.
+func familyName(family uint8) string {
+	switch family {
+	case unix.AF_INET:
+		return "IPv4"
+	case unix.AF_INET6:
+		return "IPv6"
+	}
+	return fmt.Sprintf("family %d", family)
+}
+
+// collect appends to found the sockets of one batch b of the answer to
+// dump request seq (for family name), and reports whether b ends the dump.
+// On error it returns nil.
+func collect(found []Socket, b []byte, seq uint32, name string) ([]Socket, bool, error) {
+	msgs, err := splitNetlink(b)
+	if err != nil {
+		return nil, false, fmt.Errorf("sock_diag %s dump: %w", name, err)
+	}
+	ne := binary.NativeEndian
+	for _, m := range msgs {
+		if m.Header.Seq != seq {
+			return nil, false, fmt.Errorf("sock_diag %s dump: answer to request %d, want %d", name, m.Header.Seq, seq)
+		}
+		switch m.Header.Type {
+		case unix.NLMSG_DONE:
+			// A dump that failed after it started ends with the
+			// negative errno in place of a count.
+			if len(m.Data) >= 4 {
+				if code := int32(ne.Uint32(m.Data)); code < 0 {
+					return nil, false, diagErr(name, syscall.Errno(-code))
+				}
+			}
+			return found, true, nil
+		case unix.NLMSG_ERROR:
+			if len(m.Data) < 4 {
+				return nil, false, fmt.Errorf("sock_diag %s dump: short error message", name)
+			}
+			if code := int32(ne.Uint32(m.Data)); code < 0 {
+				return nil, false, diagErr(name, syscall.Errno(-code))
+			}
+		case unix.SOCK_DIAG_BY_FAMILY:
+			s, err := parseDiagMsg(m.Data)
+			if err != nil {
+				return nil, false, fmt.Errorf("sock_diag %s dump: %w", name, err)
+			}
+			found = append(found, s)
+		default:
+			return nil, false, fmt.Errorf("sock_diag %s dump: unexpected message type %d", name, m.Header.Type)
+		}
+	}
+	return found, false, nil
 }
 
 // netlinkMessage is one message of a netlink answer.
@@ -162,11 +189,14 @@ func splitNetlink(b []byte) ([]netlinkMessage, error) {
 			Seq:   ne.Uint32(b[8:]),
 			Pid:   ne.Uint32(b[12:]),
 		}
-		if h.Len < unix.NLMSG_HDRLEN || int(h.Len) > len(b) {
+		// Compared as uint64: on a 32-bit host a length of 2 GiB or more
+		// would turn negative as an int and pass.
+		if h.Len < unix.NLMSG_HDRLEN || uint64(h.Len) > uint64(len(b)) {
 			return nil, fmt.Errorf("netlink message of length %d in %d bytes", h.Len, len(b))
 		}
-		msgs = append(msgs, netlinkMessage{Header: h, Data: b[unix.NLMSG_HDRLEN:h.Len]})
-		b = b[min(align4(int(h.Len)), len(b)):]
+		n := int(h.Len)
+		msgs = append(msgs, netlinkMessage{Header: h, Data: b[unix.NLMSG_HDRLEN:n]})
+		b = b[min(align4(n), len(b)):]
 	}
 	return msgs, nil
 }
@@ -185,8 +215,8 @@ func diagErr(name string, errno syscall.Errno) error {
 }
 
 // parseDiagMsg parses one struct inet_diag_msg and its attributes.
-func parseDiagMsg(b []byte) (udpSocket, error) {
-	var s udpSocket
+func parseDiagMsg(b []byte) (Socket, error) {
+	var s Socket
 	if len(b) < sizeofInetDiagMsg {
 		return s, fmt.Errorf("socket message of %d bytes, want at least %d", len(b), sizeofInetDiagMsg)
 	}
@@ -195,17 +225,17 @@ func parseDiagMsg(b []byte) (udpSocket, error) {
 	src, dst := [16]byte(id[4:20]), [16]byte(id[20:36])
 	switch family := b[0]; family {
 	case unix.AF_INET:
-		s.local = netip.AddrPortFrom(netip.AddrFrom4([4]byte(src[:4])), sport)
-		s.remote = netip.AddrPortFrom(netip.AddrFrom4([4]byte(dst[:4])), dport)
+		s.Local = netip.AddrPortFrom(netip.AddrFrom4([4]byte(src[:4])), sport)
+		s.Remote = netip.AddrPortFrom(netip.AddrFrom4([4]byte(dst[:4])), dport)
 	case unix.AF_INET6:
-		s.local = netip.AddrPortFrom(netip.AddrFrom16(src), sport)
-		s.remote = netip.AddrPortFrom(netip.AddrFrom16(dst), dport)
+		s.Local = netip.AddrPortFrom(netip.AddrFrom16(src), sport)
+		s.Remote = netip.AddrPortFrom(netip.AddrFrom16(dst), dport)
 	default:
 		return s, fmt.Errorf("socket of address family %d", family)
 	}
 	ne := binary.NativeEndian
-	s.uid = ne.Uint32(b[offDiagUID:])
-	s.inode = uint64(ne.Uint32(b[offDiagInode:]))
+	s.UID = ne.Uint32(b[offDiagUID:])
+	s.Inode = uint64(ne.Uint32(b[offDiagInode:]))
 
 	for attrs := b[sizeofInetDiagMsg:]; len(attrs) > 0; {
 		if len(attrs) < unix.SizeofNlAttr {
@@ -219,7 +249,7 @@ func parseDiagMsg(b []byte) (udpSocket, error) {
 			if n != unix.SizeofNlAttr+1 {
 				return s, fmt.Errorf("INET_DIAG_SKV6ONLY of length %d", n)
 			}
-			s.v6only = attrs[unix.SizeofNlAttr] != 0
+			s.V6Only = attrs[unix.SizeofNlAttr] != 0
 		}
 		attrs = attrs[min(align4(n), len(attrs)):]
 	}

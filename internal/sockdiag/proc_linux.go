@@ -1,6 +1,4 @@
-//go:build linux
-
-package udppool
+package sockdiag
 
 import (
 	"bufio"
@@ -20,8 +18,8 @@ import (
 // from /proc/net/udp and /proc/net/udp6. It is the fallback where the
 // kernel offers no sock_diag for UDP: gVisor, and kernels built without
 // CONFIG_INET_UDP_DIAG, still have these tables. They lack an IPV6_V6ONLY
-// column, so every IPv6 socket comes back with v6only false.
-func procUDP() ([]udpSocket, error) {
+// column, so every IPv6 socket comes back with V6Only false.
+func procUDP() ([]Socket, error) {
 	files, err := openProcUDP()
 	if err != nil {
 		return nil, err
@@ -31,7 +29,7 @@ func procUDP() ([]udpSocket, error) {
 			f.f.Close()
 		}
 	}()
-	var all []udpSocket
+	var all []Socket
 	for _, f := range files {
 		found, err := parseProcUDP(f.f, f.v6, binary.NativeEndian)
 		if err != nil {
@@ -87,8 +85,8 @@ func openProcUDP() ([]procFile, error) {
 //
 //	sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
 //	 1: 0100007F:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000   101        0 17520 2 0000000000000000 0
-func parseProcUDP(r io.Reader, v6 bool, order binary.ByteOrder) ([]udpSocket, error) {
-	var entries []udpSocket
+func parseProcUDP(r io.Reader, v6 bool, order binary.ByteOrder) ([]Socket, error) {
+	var entries []Socket
 	sc := bufio.NewScanner(r)
 	for n := 1; sc.Scan(); n++ {
 		fields := strings.Fields(sc.Text())
@@ -116,8 +114,9 @@ const (
 	colInode  = 9
 )
 
-func parseProcLine(fields []string, v6 bool, order binary.ByteOrder) (udpSocket, error) {
-	var e udpSocket
+// parseProcLine parses the fields of one entry of a socket table.
+func parseProcLine(fields []string, v6 bool, order binary.ByteOrder) (Socket, error) {
+	var e Socket
 	if len(fields) <= colInode {
 		return e, fmt.Errorf("%d columns, want at least %d", len(fields), colInode+1)
 	}
@@ -125,18 +124,18 @@ func parseProcLine(fields []string, v6 bool, order binary.ByteOrder) (udpSocket,
 		return e, fmt.Errorf("slot %q does not end with a colon", fields[colSlot])
 	}
 	var err error
-	if e.local, err = parseProcAddr(fields[colLocal], v6, order); err != nil {
+	if e.Local, err = parseProcAddr(fields[colLocal], v6, order); err != nil {
 		return e, fmt.Errorf("local address: %w", err)
 	}
-	if e.remote, err = parseProcAddr(fields[colRemote], v6, order); err != nil {
+	if e.Remote, err = parseProcAddr(fields[colRemote], v6, order); err != nil {
 		return e, fmt.Errorf("remote address: %w", err)
 	}
 	uid, err := strconv.ParseUint(fields[colUID], 10, 32)
 	if err != nil {
 		return e, fmt.Errorf("uid: %w", err)
 	}
-	e.uid = uint32(uid)
-	if e.inode, err = strconv.ParseUint(fields[colInode], 10, 64); err != nil {
+	e.UID = uint32(uid)
+	if e.Inode, err = strconv.ParseUint(fields[colInode], 10, 64); err != nil {
 		return e, fmt.Errorf("inode: %w", err)
 	}
 	return e, nil
