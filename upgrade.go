@@ -107,6 +107,7 @@ type Upgrader struct {
 	codec *cidCodec
 	gen   uint16
 	first bool // not started by Upgrade
+	stats struct{ started, succeeded, failed atomic.Uint64 }
 
 	state atomic.Pointer[routeState]
 	// forwarded counts the datagrams this process forwarded to the other
@@ -329,6 +330,22 @@ func processGenAttr(gen uint16) slog.Attr { return slog.Uint64("process_generati
 
 func peerAttrs(s *peer) []any {
 	return []any{slog.Int("peer_pid", s.pid), slog.Uint64("peer_generation", uint64(s.gen))}
+}
+
+// UpgradeStats counts the upgrades this process has made as the
+// predecessor: Started is every Upgrade that began a successor (or tried
+// to), Succeeded those that handed over (Exit closed), Failed the rest.
+type UpgradeStats struct {
+	Started, Succeeded, Failed uint64
+}
+
+// Stats returns this process's upgrade counts.
+func (u *Upgrader) Stats() UpgradeStats {
+	return UpgradeStats{
+		Started:   u.stats.started.Load(),
+		Succeeded: u.stats.succeeded.Load(),
+		Failed:    u.stats.failed.Load(),
+	}
 }
 
 // Generation returns this process's generation: 1 for a process not started

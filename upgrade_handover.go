@@ -51,6 +51,18 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 	if err := u.Ready(); err != nil {
 		return err
 	}
+	u.stats.started.Add(1)
+	err := u.handOver(ctx)
+	if err != nil {
+		u.stats.failed.Add(1)
+	} else {
+		u.stats.succeeded.Add(1)
+	}
+	return err
+}
+
+// handOver starts a successor, waits for its Ready and hands over.
+func (u *Upgrader) handOver(ctx context.Context) error {
 	u.notifyReloading()
 	s, err := u.start(ctx)
 	if err != nil {

@@ -264,6 +264,9 @@ func TestUpgradeSuccessorDiesAfterReady(t *testing.T) {
 			if a, err := requestAddr(ctx, addr); err != nil || !strings.HasPrefix(a, fmt.Sprintf("pid %d gen 2", again.pid)) {
 				t.Errorf("after the second hand-over: %q, %v; want pid %d", a, err, again.pid)
 			}
+			if st := ip.u.Stats(); st != (UpgradeStats{Started: 2, Succeeded: 2}) {
+				t.Errorf("Stats after two hand-overs: %+v", st)
+			}
 		})
 	}
 }
@@ -324,6 +327,9 @@ func TestUpgradeStopRacesUpgrade(t *testing.T) {
 	if err := syscall.Kill(bound.pid, 0); err == nil {
 		// Not reaped means not ended: the Upgrader reaps what it kills.
 		t.Errorf("successor %d still runs after Upgrade returned", bound.pid)
+	}
+	if st := ip.u.Stats(); st != (UpgradeStats{Started: 1, Failed: 1}) {
+		t.Errorf("Stats after an upgrade that Stop ended: %+v", st)
 	}
 }
 

@@ -29,7 +29,7 @@
 //	udppool_listener_accepted_total{key,epoch}   counter  handshakes the epoch accepted
 //	udppool_listener_ended_total{key,epoch,how}  counter  its connections that ended: how="themselves", "goaway" or "deadline"
 //	udppool_process_generation                   gauge    the process's generation (with WithUpgrader)
-//	udppool_upgrades_total{outcome}              counter  upgrades, outcome="started", "succeeded" or "failed" (with WithUpgradeCounts)
+//	udppool_upgrades_total{outcome}              counter  upgrades, outcome="started", "succeeded" or "failed" (with WithUpgrader)
 //
 // Counters of a socket or an epoch start at zero when it appears and go
 // when it does, as Prometheus expects of series with an identifying label.
@@ -42,28 +42,14 @@ import (
 	"github.com/udppool/udppool"
 )
 
-// UpgradeCounts are the upgrades a process has made (as the predecessor):
-// started (a successor was launched), succeeded (the successor became
-// ready), failed (it exited, timed out or reported an error first).
-type UpgradeCounts struct {
-	Started, Succeeded, Failed uint64
-}
-
 // An Option configures a Collector.
 type Option func(*Collector)
 
 // WithUpgrader adds the process's generation, u.Generation(), as the gauge
-// udppool_process_generation and as the label generation of every series.
+// udppool_process_generation and as the label generation of every series,
+// and u's upgrade counts (Upgrader.Stats) as udppool_upgrades_total.
 func WithUpgrader(u *udppool.Upgrader) Option {
 	return func(c *Collector) { c.upgrader = u }
-}
-
-// WithUpgradeCounts exports what counts returns, at each scrape, as
-// udppool_upgrades_total. udppool.Upgrader does not count its upgrades
-// itself (yet); a program that wraps its Upgrade calls can count them and
-// pass them here.
-func WithUpgradeCounts(counts func() UpgradeCounts) Option {
-	return func(c *Collector) { c.upgrades = counts }
 }
 
 // WithLabels adds constant labels to every series, for a process with
@@ -77,7 +63,6 @@ func WithLabels(l prometheus.Labels) Option {
 type Collector struct {
 	pool     *udppool.Pool
 	upgrader *udppool.Upgrader
-	upgrades func() UpgradeCounts
 	labels   prometheus.Labels
 
 	sockets, refs, dead, opened, sendErrors, refused, epoch *prometheus.Desc
@@ -128,8 +113,6 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	}
 	if c.upgrader != nil {
 		ch <- c.generation
-	}
-	if c.upgrades != nil {
 		ch <- c.upgradeCount
 	}
 }
@@ -179,9 +162,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if c.upgrader != nil {
 		gauge(c.generation, float64(c.upgrader.Generation()))
-	}
-	if c.upgrades != nil {
-		u := c.upgrades()
+		u := c.upgrader.Stats()
 		counter(c.upgradeCount, u.Started, "started")
 		counter(c.upgradeCount, u.Succeeded, "succeeded")
 		counter(c.upgradeCount, u.Failed, "failed")
