@@ -25,6 +25,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -48,13 +49,14 @@ func main() {
 	keyFile := flag.String("key", "", "private key `file` (PEM) of -cert")
 	drain := flag.Duration("drain", 30*time.Second, "grace period of the old process after an upgrade")
 	pidFile := flag.String("pidfile", "", "keep a PID `file` naming the serving process (for systemd's PIDFile=)")
+	serverID := flag.String("server-id", "", "this host's QUIC-LB server ID, 1-7 octets in `hex` (config rotation 0), carried in every connection ID for a fleet's load balancer")
 	flag.Parse()
-	if err := run(*listen, *certFile, *keyFile, *pidFile, *drain); err != nil {
+	if err := run(*listen, *certFile, *keyFile, *pidFile, *serverID, *drain); err != nil {
 		log.Fatalf("pid %d: %v", os.Getpid(), err)
 	}
 }
 
-func run(listen, certFile, keyFile, pidFile string, drain time.Duration) error {
+func run(listen, certFile, keyFile, pidFile, serverID string, drain time.Duration) error {
 	// The Upgrader comes first: in a successor it receives the
 	// predecessor's sockets, which the pool then binds into or takes over.
 	// As PID 1 of a container, NewUpgrader stays as the parent of the
@@ -63,6 +65,17 @@ func run(listen, certFile, keyFile, pidFile string, drain time.Duration) error {
 	opts := []udppool.UpgradeOption{udppool.WithUpgradeLogger(slog.New(slog.NewTextHandler(os.Stderr, nil)))}
 	if pidFile != "" {
 		opts = append(opts, udppool.WithPIDFile(pidFile))
+	}
+	if serverID != "" {
+		id, err := hex.DecodeString(serverID)
+		if err != nil {
+			return fmt.Errorf("-server-id %q: %w", serverID, err)
+		}
+		sid, err := udppool.NewServerID(0, id)
+		if err != nil {
+			return fmt.Errorf("-server-id: %w", err)
+		}
+		opts = append(opts, udppool.WithServerID(sid))
 	}
 	upg, err := udppool.NewUpgrader(opts...)
 	if err != nil {

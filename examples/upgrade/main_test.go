@@ -72,7 +72,9 @@ func TestUpgrade(t *testing.T) {
 				t.Skipf("host has no %s loopback", c.family)
 			}
 			addr := net.JoinHostPort(c.host, strconv.Itoa(freePort(t, c.host)))
-			s := start(t, bin, "-listen", addr, "-cert", certFile, "-key", keyFile, "-drain", "2s")
+			// With a fleet's server ID in every connection ID; the
+			// deployment tests run without one.
+			s := start(t, bin, "-listen", addr, "-cert", certFile, "-key", keyFile, "-drain", "2s", "-server-id", "c4605e")
 			first := s.wait("ready", 1)
 			if first.pid != s.first.Process.Pid {
 				t.Fatalf("first server says pid %d, started as %d", first.pid, s.first.Process.Pid)
