@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -228,4 +229,30 @@ func listenFilesChild() {
 	fmt.Printf("env LISTEN_PID=%s LISTEN_FDS=%s LISTEN_FDNAMES=%s\n",
 		os.Getenv(ListenPIDEnv), os.Getenv(ListenFDsEnv), os.Getenv(ListenFDNamesEnv))
 	os.Exit(0)
+}
+
+// TestListenFilesMalformed: garbled variables are an error or nothing,
+// never a claim on descriptors this process did not get (each case would
+// otherwise wrap descriptors of the test process itself).
+func TestListenFilesMalformed(t *testing.T) {
+	self := strconv.Itoa(os.Getpid())
+	for _, c := range []struct {
+		pid, fds string
+		err      bool
+	}{
+		{self, "abc", true},
+		{self, "-1", true},
+		{self, "100000", true},
+		{self, "", true},
+		{"1", "3", false},
+		{"not-a-pid", "3", false},
+		{"", "3", false},
+	} {
+		t.Setenv(ListenPIDEnv, c.pid)
+		t.Setenv(ListenFDsEnv, c.fds)
+		files, err := ListenFiles()
+		if len(files) != 0 || (err != nil) != c.err {
+			t.Errorf("LISTEN_PID=%q LISTEN_FDS=%q: %d files, %v", c.pid, c.fds, len(files), err)
+		}
+	}
 }
