@@ -1,0 +1,188 @@
+package steer
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/net/bpf"
+)
+
+// ErrNotMember reports a socket that Probe did not find in the reuseport
+// group of the others.
+var ErrNotMember = errors.New("socket is not a member of the reuseport group")
+
+// markLen is the length of a probe's datagram: 8 octets of mark, 4 of the
+// member index it was sent for.
+const markLen = 12
+
+// Marked returns prog preceded by a test that sends the datagram whose
+// first 8 octets are mark to member i, and every other datagram through
+// prog as before. mark's first octet must have the QUIC fixed bit clear,
+// so that the datagram is not QUIC to anyone who sees it.
+func Marked(prog []bpf.Instruction, mark [8]byte, i uint32) []bpf.Instruction {
+	pre := []bpf.Instruction{
+		bpf.LoadExtension{Num: bpf.ExtLen},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: markLen, SkipFalse: 5},
+		bpf.LoadAbsolute{Off: 0, Size: 4},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: binary.BigEndian.Uint32(mark[0:]), SkipFalse: 3},
+		bpf.LoadAbsolute{Off: 4, Size: 4},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: binary.BigEndian.Uint32(mark[4:]), SkipFalse: 1},
+		bpf.RetConstant{Val: i},
+	}
+	return append(pre, prog...)
+}
+
+// Probe finds the member index of each of socks in their reuseport group:
+// socks[j] is member index[j]. Indexes follow join order, and when a member
+// leaves the last takes its slot, so a process that steers by index must
+// know them, and a member of another process (the same user may join the
+// group) shifts them; foreign lists the indexes that none of socks holds.
+//
+// For each index in turn, Probe attaches prog with a test in front that
+// sends one marked datagram to that index (Marked), sends it to the group's
+// address from loopback, and sees which socket reads it. The group's other
+// datagrams go through prog meanwhile, but a datagram that prog sends to
+// one of socks during the probe is read and dropped: probe before anyone
+// else reads socks (before quic-go serves them, or while prog keeps
+// everything off them). A marked datagram that none of socks reads within
+// wait went to a foreign member (loopback loses none unless a receive
+// buffer is full); after 8 of those Probe gives up, with ErrNotMember for
+// the sockets not found. Probe ends by attaching prog alone, and leaves
+// socks without read deadlines.
+func Probe(socks []*net.UDPConn, prog []bpf.Instruction, wait time.Duration) (index, foreign []int, err error) {
+	if len(socks) == 0 {
+		return nil, nil, nil
+	}
+	raw, err := socks[0].SyscallConn()
+	if err != nil {
+		return nil, nil, err
+	}
+	dst, err := loopbackOf(socks[0].LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		return nil, nil, err
+	}
+	tx, err := net.DialUDP(dst.Network(), nil, dst)
+	if err != nil {
+		return nil, nil, fmt.Errorf("probe of %v: %w", socks[0].LocalAddr(), err)
+	}
+	defer tx.Close()
+	var mark [8]byte
+	rand.Read(mark[:])
+	mark[0] &^= 0x40 // not QUIC
+
+	type hit struct {
+		sock int
+		i    uint32
+	}
+	hits := make(chan hit, 2*len(socks))
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for j, s := range socks {
+		wg.Go(func() {
+			buf := make([]byte, 2048)
+			for {
+				n, err := s.Read(buf)
+				if err != nil {
+					return
+				}
+				if n == markLen && bytes.Equal(buf[:8], mark[:]) {
+					select {
+					case hits <- hit{j, binary.BigEndian.Uint32(buf[8:])}:
+					case <-done:
+						return
+					}
+				}
+			}
+		})
+	}
+	defer func() {
+		close(done)
+		for _, s := range socks {
+			s.SetReadDeadline(time.Unix(1, 0))
+		}
+		wg.Wait()
+		for _, s := range socks {
+			s.SetReadDeadline(time.Time{})
+		}
+		if aerr := Attach(raw, prog); err == nil {
+			err = aerr
+		}
+	}()
+
+	index = make([]int, len(socks))
+	for j := range index {
+		index[j] = -1
+	}
+	found := 0
+	// A marked datagram for an index past the group's end goes where the
+	// kernel's hash sends it, which may be a foreign member: Probe gives
+	// up after maxForeign of them.
+	const maxForeign = 8
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for i := uint32(0); found < len(socks) && len(foreign) <= maxForeign; i++ {
+		if err := Attach(raw, Marked(prog, mark, i)); err != nil {
+			return nil, nil, err
+		}
+		pkt := binary.BigEndian.AppendUint32(mark[:], i)
+		if _, err := tx.Write(pkt); err != nil {
+			return nil, nil, fmt.Errorf("probe of %v: %w", socks[0].LocalAddr(), err)
+		}
+		timer.Reset(wait)
+	read:
+		for {
+			select {
+			case h := <-hits:
+				if h.i != i {
+					continue // a late answer to an earlier index
+				}
+				if index[h.sock] >= 0 {
+					// i is past the group's end: the kernel hashed it.
+					return nil, nil, notMembers(socks, index)
+				}
+				index[h.sock] = int(i)
+				found++
+				break read
+			case <-timer.C:
+				foreign = append(foreign, int(i))
+				break read
+			}
+		}
+	}
+	if found < len(socks) {
+		return nil, nil, notMembers(socks, index)
+	}
+	return index, foreign, nil
+}
+
+func notMembers(socks []*net.UDPConn, index []int) error {
+	var errs []error
+	for j, idx := range index {
+		if idx < 0 {
+			errs = append(errs, fmt.Errorf("%v (socket %d): %w", socks[j].LocalAddr(), j, ErrNotMember))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// loopbackOf returns the address a probe is sent to: a's, or loopback of
+// its family where a is unspecified.
+func loopbackOf(a *net.UDPAddr) (*net.UDPAddr, error) {
+	if a == nil {
+		return nil, errors.New("probe: socket has no local address")
+	}
+	d := *a
+	switch {
+	case a.IP.To4() != nil && a.IP.IsUnspecified():
+		d.IP = net.IPv4(127, 0, 0, 1)
+	case a.IP.IsUnspecified():
+		d.IP = net.IPv6loopback
+	}
+	return &d, nil
+}
