@@ -71,11 +71,17 @@ func (u *Upgrader) notifyReloading() {
 
 // notifyUpgradeFailed ends the reload with this process still the main one.
 func (u *Upgrader) notifyUpgradeFailed(cause error) {
+	u.restorePIDFile()
+	status := strings.ReplaceAll(fmt.Sprintf("upgrade failed: %v", cause), "\n", " ")
+	u.notify("READY=1", "STATUS="+status)
+}
+
+// restorePIDFile makes the PID file name this process again, which is the
+// main one after all; a failure is only logged, as this process serves on.
+func (u *Upgrader) restorePIDFile() {
 	if err := u.writePIDFile(); err != nil {
 		u.log.Warn("udppool: restoring the PID file", slog.Any("cause", err))
 	}
-	status := strings.ReplaceAll(fmt.Sprintf("upgrade failed: %v", cause), "\n", " ")
-	u.notify("READY=1", "STATUS="+status)
 }
 
 // notifyResumed makes this process the main one again after its
@@ -83,9 +89,7 @@ func (u *Upgrader) notifyUpgradeFailed(cause error) {
 // default it has taken the successor's exit for the service's); the
 // supervisor of a PID namespace and a PID file follow it either way.
 func (u *Upgrader) notifyResumed() {
-	if err := u.writePIDFile(); err != nil {
-		u.log.Warn("udppool: restoring the PID file", slog.Any("cause", err))
-	}
+	u.restorePIDFile()
 	u.notify("MAINPID="+strconv.Itoa(os.Getpid()), "READY=1", "STATUS=successor exited; serving again")
 }
 

@@ -53,7 +53,7 @@ func (u *Upgrader) Listen(ctx context.Context, network, address string) (net.Lis
 	ln, err := net.FileListener(f)
 	if err != nil {
 		f.Close()
-		return nil, &net.OpError{Op: "listen", Net: network, Addr: nil, Err: fmt.Errorf("%s: %w", address, err)}
+		return nil, &net.OpError{Op: "listen", Net: network, Err: fmt.Errorf("%s: %w", address, err)}
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()

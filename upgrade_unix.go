@@ -177,11 +177,8 @@ func (u *Upgrader) sendHello(s *peer) error {
 			if e.sock == nil || e.closing.Load() {
 				continue
 			}
-			var fd int
-			var derr error
-			if err := e.sock.raw.Control(func(sfd uintptr) {
-				fd, derr = unix.FcntlInt(sfd, unix.F_DUPFD_CLOEXEC, 0)
-			}); err != nil || derr != nil {
+			fd, err := dupRaw(e.sock.raw)
+			if err != nil {
 				continue // closing: nothing to hand over
 			}
 			fds = append(fds, fd)
@@ -352,6 +349,11 @@ func dupFile(f *os.File) (int, error) {
 	if err != nil {
 		return -1, err
 	}
+	return dupRaw(rc)
+}
+
+// dupRaw returns a close-on-exec duplicate of rc's descriptor.
+func dupRaw(rc syscall.RawConn) (int, error) {
 	fd, derr := -1, error(nil)
 	if err := rc.Control(func(sfd uintptr) { fd, derr = unix.FcntlInt(sfd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
 		return -1, err
