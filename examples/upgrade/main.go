@@ -15,7 +15,10 @@
 // same output, and one starting with "exit" when it leaves. SIGINT and
 // SIGTERM drain and exit the same way, without a successor. Signals during
 // a drain change nothing (a SIGHUP is refused with a line saying so), and
-// a SIGHUP during an upgrade is refused.
+// a SIGHUP during an upgrade is refused. If the successor dies while this
+// process drains, this process serves new connections again, on both
+// protocols, and says so in a line starting with "resumed"; its drain goes
+// on.
 package main
 
 import (
@@ -36,6 +39,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -97,33 +101,21 @@ func run(listen, certFile, keyFile, pidFile, serverID string, drain time.Duratio
 	if err != nil {
 		return err
 	}
-	tcpAddr := net.JoinHostPort(host, strconv.Itoa(tr.LocalAddr().(*net.UDPAddr).Port))
-	tl, err := upg.Listen(context.Background(), "tcp", tcpAddr)
+	f := &frontends{
+		upg:     upg,
+		tr:      tr,
+		tcpAddr: net.JoinHostPort(host, strconv.Itoa(tr.LocalAddr().(*net.UDPAddr).Port)),
+		cert:    cert,
+		hello: func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "pid %d gen %d\n", pid, gen)
+		},
+		drain:   drain,
+		retired: make(chan udppool.DrainStats),
+	}
+	cur, err := f.serve()
 	if err != nil {
 		return err
 	}
-	hello := func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "pid %d gen %d\n", pid, gen)
-	}
-	drained := make(chan udppool.DrainStats, 1)
-	srv := &h3.Server{
-		Transport: tr,
-		Handler:   http.HandlerFunc(hello),
-		Grace:     drain,
-		Drained:   func(ds udppool.DrainStats) { drained <- ds },
-	}
-	if err := srv.Reload(&tls.Config{Certificates: []tls.Certificate{cert}}, nil); err != nil {
-		return err
-	}
-	https := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			srv.SetQUICHeaders(w.Header())
-			hello(w, r)
-		}),
-		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}},
-	}
-	served := make(chan error, 1)
-	go func() { served <- https.ServeTLS(tl, "", "") }()
 	if err := upg.Ready(); err != nil {
 		return err
 	}
@@ -134,64 +126,133 @@ func run(listen, certFile, keyFile, pidFile, serverID string, drain time.Duratio
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
-wait:
-	for {
+	exit := upg.Exit()
+	var resumed <-chan struct{} // set while a successor serves
+	var total udppool.DrainStats
+	for cur != nil || f.draining > 0 {
 		select {
 		case sig := <-sigs:
-			if sig != syscall.SIGHUP {
-				break wait
-			}
-			go func() {
-				// A failed successor changes nothing here: serve on.
-				err := upg.Upgrade(context.Background())
-				switch {
-				case errors.Is(err, udppool.ErrUpgradeInProgress):
-					fmt.Printf("upgrade refused pid %d gen %d: an upgrade is in progress\n", pid, gen)
-				case err != nil:
-					fmt.Printf("upgrade failed pid %d gen %d: %v\n", pid, gen, err)
-				}
-			}()
-		case <-upg.Exit(): // the successor takes every new connection
-			break wait
-		}
-	}
-	// A GOAWAY to every connection, requests in flight finish; those
-	// still open when the grace period ends are closed. Signals now
-	// change nothing: the drain finishes.
-	fmt.Printf("draining pid %d gen %d\n", pid, gen)
-	ctx, cancel := context.WithTimeout(context.Background(), drain)
-	shut := make(chan error, 2)
-	go func() { shut <- srv.Shutdown(ctx) }()
-	go func() {
-		// Closes the listener (the successor accepts on its copy), lets
-		// requests finish and closes idle connections.
-		if err := https.Shutdown(ctx); err != nil {
-			https.Close() // the grace period is over
-		}
-		shut <- nil
-	}()
-	for draining := 2; draining > 0; {
-		select {
-		case <-shut:
-			draining--
-		case sig := <-sigs:
-			if sig == syscall.SIGHUP {
+			switch {
+			case cur == nil && sig == syscall.SIGHUP:
 				fmt.Printf("upgrade refused pid %d gen %d: draining\n", pid, gen)
-			} else {
+			case cur == nil:
 				fmt.Printf("%v pid %d gen %d: the drain finishes first\n", sig, pid, gen)
+			case sig == syscall.SIGHUP:
+				go func() {
+					// A failed successor changes nothing here: serve on.
+					err := upg.Upgrade(context.Background())
+					switch {
+					case errors.Is(err, udppool.ErrUpgradeInProgress):
+						fmt.Printf("upgrade refused pid %d gen %d: an upgrade is in progress\n", pid, gen)
+					case err != nil:
+						fmt.Printf("upgrade failed pid %d gen %d: %v\n", pid, gen, err)
+					}
+				}()
+			default: // SIGINT, SIGTERM: drain without a successor
+				fmt.Printf("draining pid %d gen %d\n", pid, gen)
+				f.retire(cur)
+				cur, exit = nil, nil
 			}
+		case <-exit: // the successor takes every new connection
+			fmt.Printf("draining pid %d gen %d\n", pid, gen)
+			f.retire(cur)
+			cur, exit, resumed = nil, nil, upg.Resumed()
+		case <-resumed:
+			// The successor died: new connections come here again. The
+			// drain of the connections retired at the hand-over goes on.
+			if cur, err = f.serve(); err != nil {
+				fmt.Printf("resume failed pid %d gen %d: %v\n", pid, gen, err)
+				resumed = nil
+				continue
+			}
+			fmt.Printf("resumed https://%s/ pid %d gen %d: the successor exited\n", tr.LocalAddr(), pid, gen)
+			exit, resumed = upg.Exit(), nil
+		case ds := <-f.retired:
+			f.draining--
+			total.Conns += ds.Conns
+			total.EndedByDeadline += ds.EndedByDeadline
 		}
 	}
-	cancel()
-	<-served
-	ds := <-drained
 	tr.Close()
 	if err := upg.Stop(); err != nil && !errors.Is(err, udppool.ErrUpgraderStopped) {
 		return err
 	}
 	fmt.Printf("exit pid %d gen %d: %d of %d connections closed at the deadline\n",
-		pid, gen, ds.EndedByDeadline, ds.Conns)
+		pid, gen, total.EndedByDeadline, total.Conns)
 	return nil
+}
+
+// frontends starts and retires the servers of the port: HTTP/3 on the
+// pooled transport and HTTPS over TCP on the Upgrader's listener, once at
+// the start and again each time this process takes new connections back
+// from a successor that died.
+type frontends struct {
+	upg      *udppool.Upgrader
+	tr       *udppool.Transport
+	tcpAddr  string
+	cert     tls.Certificate
+	hello    http.HandlerFunc
+	drain    time.Duration
+	retired  chan udppool.DrainStats // one value per retire, when its drain ends
+	draining int                     // retires whose drain has not ended
+}
+
+// A front is one start of the servers.
+type front struct {
+	h3      *h3.Server
+	https   *http.Server
+	served  chan error
+	drained chan udppool.DrainStats
+}
+
+func (f *frontends) serve() (*front, error) {
+	tl, err := f.upg.Listen(context.Background(), "tcp", f.tcpAddr)
+	if err != nil {
+		return nil, err
+	}
+	fr := &front{served: make(chan error, 1), drained: make(chan udppool.DrainStats, 1)}
+	fr.h3 = &h3.Server{
+		Transport: f.tr,
+		Handler:   f.hello,
+		Grace:     f.drain,
+		Drained:   func(ds udppool.DrainStats) { fr.drained <- ds },
+	}
+	if err := fr.h3.Reload(&tls.Config{Certificates: []tls.Certificate{f.cert}}, nil); err != nil {
+		tl.Close()
+		return nil, err
+	}
+	fr.https = &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fr.h3.SetQUICHeaders(w.Header())
+			f.hello(w, r)
+		}),
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{f.cert}},
+	}
+	go func() { fr.served <- fr.https.ServeTLS(tl, "", "") }()
+	return fr, nil
+}
+
+// retire drains fr in the background within the grace period: a GOAWAY
+// to every HTTP/3 connection and Shutdown of the HTTPS server, which
+// closes its listener (a successor accepts on its own copy) and lets
+// requests in flight finish. Connections still open when the grace period
+// ends are closed.
+func (f *frontends) retire(fr *front) {
+	f.draining++
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), f.drain)
+		defer cancel()
+		var wg sync.WaitGroup
+		wg.Go(func() { fr.h3.Shutdown(ctx) })
+		wg.Go(func() {
+			if err := fr.https.Shutdown(ctx); err != nil {
+				fr.https.Close() // the grace period is over
+			}
+		})
+		wg.Wait()
+		<-fr.served
+		f.retired <- <-fr.drained
+	}()
 }
 
 // certificate loads the PEM pair, or makes a self-signed certificate for

@@ -272,14 +272,22 @@ func get(ctx context.Context, rt http.RoundTripper, url string) (answer, int, er
 	return a, tries, nil
 }
 
-// freshGet makes one request on a new connection, trusting roots.
+// freshGet makes one request over HTTP/3 on a new connection, trusting
+// roots.
 func freshGet(t *testing.T, roots *x509.CertPool, url string) answer {
 	t.Helper()
-	h3 := &http3.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}
-	defer h3.Close()
-	a, _, err := get(context.Background(), h3, url)
+	return freshGetOver(t, roots, url, false)
+}
+
+// freshGetOver makes one request on a new connection, over HTTPS on TCP
+// if tcp, else over HTTP/3.
+func freshGetOver(t *testing.T, roots *x509.CertPool, url string, tcp bool) answer {
+	t.Helper()
+	rt, closeClient := (&keepAlive{roots: roots, tcp: tcp}).client()
+	defer closeClient()
+	a, _, err := get(context.Background(), rt, url)
 	if err != nil {
-		t.Fatalf("request on a new connection: %v", err)
+		t.Fatalf("request on a new connection (tcp %v): %v", tcp, err)
 	}
 	return a
 }
@@ -431,12 +439,25 @@ type serverLine struct {
 // gen, waiting for it.
 func (s *servers) wait(word string, gen int) serverLine {
 	s.t.Helper()
+	return s.waitFrom(0, word, gen)
+}
+
+// mark returns the number of lines so far, for waitFrom.
+func (s *servers) mark() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.lines)
+}
+
+// waitFrom is wait, skipping the first from lines.
+func (s *servers) waitFrom(from int, word string, gen int) serverLine {
+	s.t.Helper()
 	timeout := time.NewTimer(testTimeout)
 	defer timeout.Stop()
 	for {
 		s.mu.Lock()
 		ch := s.changed
-		for _, l := range s.lines {
+		for _, l := range s.lines[from:] {
 			if a, ok := parseAnswer(l); ok && strings.HasPrefix(l, word+" ") && a.gen == gen {
 				s.mu.Unlock()
 				return serverLine{l, a}
@@ -563,4 +584,72 @@ func TestSignalsDuringDrain(t *testing.T) {
 	syscall.Kill(next.pid, syscall.SIGTERM)
 	s.wait("exit", 2)
 	s.reap(next.pid)
+}
+
+// TestSuccessorDiesDuringDrain kills the successor while the first server
+// drains, with a connection held open so that the drain lasts: the first
+// server says it resumed and answers new connections again over HTTP/3
+// and over TCP, while its drain goes on; it can upgrade again, and exits 0
+// once drained. Before, it had already shut both servers down at the
+// hand-over, and nothing served the port until it exited.
+func TestSuccessorDiesDuringDrain(t *testing.T) {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Skipf("cannot become a subreaper to reap the successor: %v", err)
+	}
+	t.Cleanup(func() { unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) })
+	if !nettest.SupportsIPv4() {
+		t.Skip("no IPv4 loopback")
+	}
+	bin := build(t)
+	certFile, keyFile, roots := certificateFiles(t)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t, "127.0.0.1")))
+	url := "https://" + addr + "/"
+	s := start(t, bin, "-listen", addr, "-cert", certFile, "-key", keyFile, "-drain", "1m")
+	first := s.wait("ready", 1)
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	held, err := quic.DialAddr(ctx, addr, &tls.Config{RootCAs: roots, NextProtos: []string{http3.NextProtoH3}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.CloseWithError(0, "")
+
+	syscall.Kill(first.pid, syscall.SIGHUP)
+	next := s.wait("ready", 2)
+	s.wait("draining", 1)
+	for _, tcp := range []bool{false, true} {
+		if a := freshGetOver(t, roots, url, tcp); a != next.answer {
+			t.Fatalf("new connection (tcp %v) after the hand-over answered by %+v, want %+v", tcp, a, next.answer)
+		}
+	}
+	// The successor is the first server's child: the first reaps it.
+	s.reaped[next.pid] = true
+	syscall.Kill(next.pid, syscall.SIGKILL)
+	s.wait("resumed", 1)
+	for _, tcp := range []bool{false, true} {
+		if a := freshGetOver(t, roots, url, tcp); a != first.answer {
+			t.Errorf("new connection (tcp %v) after the successor died answered by %+v, want %+v", tcp, a, first.answer)
+		}
+	}
+	if err := held.Context().Err(); err != nil {
+		t.Errorf("the held connection did not survive: %v", err)
+	}
+
+	// Serving again, it upgrades again; the held connection keeps the
+	// first drain going meanwhile.
+	from := s.mark()
+	syscall.Kill(first.pid, syscall.SIGHUP)
+	third := s.waitFrom(from, "ready", 2)
+	if a := freshGet(t, roots, url); a != third.answer {
+		t.Errorf("new connection after the second upgrade answered by %+v, want %+v", a, third.answer)
+	}
+	held.CloseWithError(0, "")
+	e := s.wait("exit", 1)
+	if !strings.Contains(e.line, ": 0 of ") {
+		t.Errorf("first server did not drain: %s", e.line)
+	}
+	s.reap(first.pid)
+	syscall.Kill(third.pid, syscall.SIGTERM)
+	s.waitFrom(from, "exit", 2)
+	s.reap(third.pid)
 }
