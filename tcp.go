@@ -82,7 +82,7 @@ func openTCP(ctx context.Context, network, address string) (*os.File, error) {
 		return nil, err
 	}
 	defer l.Close() // the file holds a descriptor of its own
-	f, err := l.(*net.TCPListener).File()
+	f, err := listenerFile(l.(*net.TCPListener))
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Addr: l.Addr(), Err: err}
 	}

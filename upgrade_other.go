@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"os"
 )
 
 // start is unsupported: passing sockets to a new process needs Unix.
@@ -18,6 +20,8 @@ func (u *Upgrader) connectPredecessor(string) error {
 }
 
 func sendForward(*peer, []byte) {}
+
+func listenerFile(l *net.TCPListener) (*os.File, error) { return l.File() }
 
 func (s *peer) kill()    {}
 func (s *peer) release() {}

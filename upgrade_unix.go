@@ -352,6 +352,23 @@ func dupFile(f *os.File) (int, error) {
 	return dupRaw(rc)
 }
 
+// listenerFile returns a file of its own for l's socket. Not l.File: the
+// net package marks such a file as one whose Fd (which net.FileListener
+// calls at each later Listen) puts the socket into blocking mode, and the
+// socket is shared with every listener open on it, here and in the other
+// generation, whose accepts would then block threads past their deadlines.
+func listenerFile(l *net.TCPListener) (*os.File, error) {
+	rc, err := l.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	fd, err := dupRaw(rc)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), "tcp "+l.Addr().String()), nil
+}
+
 // dupRaw returns a close-on-exec duplicate of rc's descriptor.
 func dupRaw(rc syscall.RawConn) (int, error) {
 	fd, derr := -1, error(nil)
