@@ -311,10 +311,10 @@ func TestUpgradeStopRacesUpgrade(t *testing.T) {
 		t.Errorf("Upgrade racing Stop: %v, want ErrUpgraderStopped", err)
 	}
 	ip.u.mu.Lock()
-	succ, handed := ip.u.succ, ip.u.handed
+	succ, at := ip.u.succ, ip.u.at
 	ip.u.mu.Unlock()
-	if succ != nil || handed {
-		t.Errorf("a successor was installed after Stop")
+	if succ != nil || at != stateStopped {
+		t.Errorf("after Stop raced Upgrade: state %v, successor %v; want Stopped, none", at, succ)
 	}
 	select {
 	case <-ip.u.Exit():
