@@ -230,6 +230,7 @@ func TestUpgradeSuccessorDiesAfterReady(t *testing.T) {
 			}
 			next := ip.wait("ready", 2)
 			waitClosed(t, ip.u.Exit(), "Exit")
+			wantState(t, ip.u, stateHanded, "the hand-over")
 			resumed := ip.u.Resumed()
 			go ln.Shutdown(ctx) // the drain, as an application starts it
 			if a, err := requestAddr(ctx, addr); err != nil || !strings.HasPrefix(a, fmt.Sprintf("pid %d gen 2", next.pid)) {
@@ -238,6 +239,7 @@ func TestUpgradeSuccessorDiesAfterReady(t *testing.T) {
 
 			syscall.Kill(next.pid, syscall.SIGKILL)
 			waitClosed(t, resumed, "Resumed after the successor died")
+			wantState(t, ip.u, stateAlone, "the successor died")
 			ip.serve() // listen again, as Resumed asks
 			for i := range 5 {
 				if a, err := requestAddr(ctx, addr); err != nil || a != self {
@@ -300,6 +302,7 @@ func TestUpgradeStopRacesUpgrade(t *testing.T) {
 	}
 	done := ip.upgradeAsync()
 	bound := ip.wait("bound", 2)
+	wantState(t, ip.u, stateStarting, "the successor bound")
 	if err := ip.u.Stop(); err != nil {
 		t.Fatal(err)
 	}
