@@ -19,6 +19,8 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/udppool/udppool/internal/systemd"
 )
 
 // inProc is an upgrade whose first generation is the test process itself
@@ -477,5 +479,70 @@ func TestUpgradeInheritedPlainSocket(t *testing.T) {
 		if a := ask(); a != "gen 1" {
 			t.Fatalf("answer %d after the successor died: %q, want gen 1", i, a)
 		}
+	}
+}
+
+// TestUpgradeStopDuringHandOver calls Stop after the successor's Ready has
+// come, while the predecessor tells the service manager (it waits for the
+// manager's barrier, which the test holds): the successor must not be
+// installed after Stop, Exit must stay open, and the successor is ended.
+// TestUpgradeStopRacesUpgrade covers a Stop before the Ready.
+func TestUpgradeStopDuringHandOver(t *testing.T) {
+	ip := startInProc(t)
+	goFile := filepath.Join(ip.failDir, "go")
+	if err := os.WriteFile(filepath.Join(ip.failDir, "fail"), []byte("wait "+goFile), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	done := ip.upgradeAsync()
+	bound := ip.wait("bound", 2)
+	// The manager appears once the successor runs, so that it is this
+	// process's child all the same (see startAsSibling).
+	m := newManager(t)
+	t.Setenv(systemd.NotifyEnv, m.l.Addr())
+	if err := os.WriteFile(goFile, nil, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	var barrier []*os.File
+	for barrier == nil {
+		var msg systemd.Message
+		select {
+		case msg = <-m.msgs:
+		case <-time.After(testTimeout):
+			t.Fatal("no barrier from the hand-over")
+		}
+		if v, ok := msg.Get("MAINPID"); ok && v != strconv.Itoa(bound.pid) {
+			t.Errorf("MAINPID=%s, want the successor's %d", v, bound.pid)
+		}
+		if v, _ := msg.Get("BARRIER"); v == "1" {
+			barrier = msg.Files
+		} else {
+			for _, f := range msg.Files {
+				f.Close()
+			}
+		}
+	}
+	wantState(t, ip.u, stateStarting, "the successor's Ready, before the manager has read it")
+	if err := ip.u.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range barrier {
+		f.Close() // the manager has read it
+	}
+	if err := waitErr(t, done, "Upgrade"); !errors.Is(err, ErrUpgraderStopped) {
+		t.Errorf("Upgrade with Stop during its hand-over: %v, want ErrUpgraderStopped", err)
+	}
+	ip.u.mu.Lock()
+	succ, at := ip.u.succ, ip.u.at
+	ip.u.mu.Unlock()
+	if succ != nil || at != stateStopped {
+		t.Errorf("after Stop during the hand-over: state %v, successor %v; want Stopped, none", at, succ)
+	}
+	select {
+	case <-ip.u.Exit():
+		t.Errorf("Exit closed after Stop")
+	default:
+	}
+	if err := syscall.Kill(bound.pid, 0); err == nil {
+		t.Errorf("successor %d still runs after Upgrade returned", bound.pid)
 	}
 }
