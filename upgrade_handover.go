@@ -366,7 +366,7 @@ func (u *Upgrader) predecessorGone() {
 	if s == nil {
 		return // forgotten already
 	}
-	u.on(evPredecessorGone) // pred is set in Joining, Sharing and Stopped only: each moves
+	u.on(evPredecessorGone) // pred is set in Joining, Sharing and Stopped only, where the table answers
 	u.pred = nil
 	s.close()
 	u.log.Info("udppool: predecessor gone; this process serves alone", peerAttrs(s)...)

@@ -233,6 +233,13 @@ func TestUpgradeSuccessorDiesAfterReady(t *testing.T) {
 			next := ip.wait("ready", 2)
 			waitClosed(t, ip.u.Exit(), "Exit")
 			wantState(t, ip.u, stateHanded, "the hand-over")
+			if err := ip.u.Upgrade(ctx); !errors.Is(err, ErrUpgradeInProgress) {
+				t.Errorf("Upgrade after the hand-over: %v, want ErrUpgradeInProgress", err)
+			}
+			if err := ip.u.Ready(); err != nil {
+				t.Errorf("Ready after the hand-over: %v", err)
+			}
+			wantState(t, ip.u, stateHanded, "Upgrade and Ready after the hand-over")
 			resumed := ip.u.Resumed()
 			go ln.Shutdown(ctx) // the drain, as an application starts it
 			if a, err := requestAddr(ctx, addr); err != nil || !strings.HasPrefix(a, fmt.Sprintf("pid %d gen 2", next.pid)) {
