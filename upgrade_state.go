@@ -12,7 +12,12 @@ import (
 // the move it was granted asks (publish the receive path's view, resteer,
 // tell the service manager, kill, close Exit or Resumed), and nothing else
 // changes the state. The peers (pred, starting, succ) are the state's
-// data, set and cleared beside the moves that make them valid.
+// data, set and cleared beside the moves that make them valid. The state
+// is a field under the mutex rather than a goroutine's own: Ready, Upgrade
+// and Stop answer their callers at once with the table's refusal, the
+// watches of the other generation run on goroutines of their own already,
+// and the receive path never waits for the state (it reads the view that
+// publish stores).
 //
 // The states:
 //
@@ -69,7 +74,8 @@ import (
 //     kill, READY=1 again and the PID file back, resteer; in Stopped the
 //     same without READY=1 (this process stops).
 //   - settled (handOver): Settling→Handed closes Exit; in Alone the
-//     successor died while handshakes settled, and Upgrade fails.
+//     successor died while handshakes settled, and Upgrade fails; in
+//     Stopped Upgrade returns ErrUpgraderStopped (the successor serves on).
 //   - successor gone (watch): Settling→Alone and Handed→Alone: log,
 //     accept again (publish, shared sockets read again, resteer, plain
 //     sockets unparked), MAINPID= of this process and the PID file back;
