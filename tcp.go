@@ -34,7 +34,7 @@ func (u *Upgrader) Listen(ctx context.Context, network, address string) (net.Lis
 	}
 	sp := spelling{network, address}
 	u.mu.Lock()
-	if u.stopped {
+	if u.at == stateStopped {
 		u.mu.Unlock()
 		return nil, ErrUpgraderStopped
 	}
@@ -58,7 +58,7 @@ func (u *Upgrader) Listen(ctx context.Context, network, address string) (net.Lis
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	switch {
-	case u.stopped:
+	case u.at == stateStopped:
 		ln.Close()
 		f.Close()
 		return nil, ErrUpgraderStopped

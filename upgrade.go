@@ -35,43 +35,16 @@ var (
 // started by Upgrade finds its control and forwarding descriptors.
 const upgradeEnv = "UDPPOOL_UPGRADE"
 
-// The Upgrader's states, as its fields under mu hold them, and what each
-// event does in each. Every transition takes mu; the receive path sees
-// the result through publish (routeState), the kernel through resteer.
+// The Upgrader's states and what each event does in each are a table in
+// upgrade_state.go, beside the one function that changes the state. Signals
+// are the application's: examples/upgrade makes SIGHUP an Upgrade (refused
+// with a line while one runs or while it drains) and SIGTERM/SIGINT a
+// drain and Stop; signals during a drain do nothing but print a line.
 //
-//	state                         fields
-//	Joining   successor, before Ready   pred != nil, !ready
-//	Sharing   successor, pred drains    pred != nil, ready
-//	Alone     serving, no other         pred == nil, succ == nil, !handed
-//	Starting  Upgrade waits for Ready   upgrading, starting != nil
-//	Handed    successor took over       handed, succ != nil (exited once Exit closed)
-//	Stopped   after Stop                stopped
-//
-//	event             Joining          Sharing           Alone     Starting                      Handed                        Stopped
-//	successor ready   -                -                 -         Handed: publish, park plain   -                             successor killed,
-//	                                                               sockets taken, settle, close                                ErrUpgraderStopped
-//	                                                               Exit
-//	successor gone    -                -                 -         Alone: kill, resteer, log,    Alone: accept, resteer,       -
-//	                                                               ErrUpgradeFailed              shared reset, log, Resumed
-//	                                                                                             closed, new Exit, unpark
-//	predecessor gone  Joining, alone   Alone: resteer    -         -                             -                             -
-//	                  in its groups    (errors logged),
-//	                                   predGone closed
-//	Ready             Sharing (or      nil               nil       -                             -                             ErrUpgraderStopped
-//	                  rolled back)
-//	Upgrade           waits for        waits for         Starting  ErrUpgradeInProgress          ErrUpgradeInProgress          ErrUpgraderStopped
-//	                  predecessor gone predecessor gone
-//	Stop              Stopped          Stopped           Stopped   Stopped: the wait for Ready   Stopped: 'gone' to the        ErrUpgraderStopped
-//	                                                               ends, successor killed        successor
-//
-// Signals are the application's: examples/upgrade
-// makes SIGHUP an Upgrade (refused with a line while one runs or while it
-// drains) and SIGTERM/SIGINT a drain and Stop; signals during a drain do
-// nothing but print a line.
-//
-// Where each part lives: the events of the table (Upgrade, Ready, the
-// watches of the other generation, Stop) and the settling of handshakes in
-// flight in upgrade_handover.go; binding into the predecessor's reuseport
+// Where each part lives: the states and their transitions in
+// upgrade_state.go; the events of the table (Upgrade, Ready, the watches of
+// the other generation, Stop) and the settling of handshakes in flight in
+// upgrade_handover.go; binding into the predecessor's reuseport
 // group, adopting its sockets and steering in upgrade_bind.go; starting the
 // successor and the hello in upgrade_unix.go; forwarding datagrams between
 // the generations in forward.go.
@@ -141,24 +114,27 @@ type Upgrader struct {
 	anyPort       []Key
 	ephemeral     map[Key]bool
 	ephemeralLive int // len(ephemeral) at its last pruning
-	upgrading     bool
-	announced     bool // Ready has told the service manager and the PID file
-	handed        bool // a successor took over
-	stopped       bool
-	ready         bool
-	pred          *peer
-	succ          *peer
+
+	// at is the state (see upgrade_state.go), changed by on only. The
+	// peers are its data: pred in Joining and Sharing, starting in
+	// Starting, succ in Settling and Handed (each until Stop forgets it).
+	at       upgradeState
+	pred     *peer
+	starting *peer // a successor not yet ready
+	succ     *peer
+	// upgradeCall is held by the one Upgrade call that runs: it spans
+	// states (an Upgrade waits in Joining or Sharing for the predecessor),
+	// so it is a guard of calls, not a state.
+	upgradeCall atomic.Bool
 
 	hsMu       sync.Mutex
 	handshakes map[*handshake]struct{}
 	hsSettled  chan struct{} // closed when handshakes empties
 
 	predGone chan struct{}   // closed once no predecessor is left
-	exit     chan struct{}   // closed at the hand-over to a successor
-	exited   bool            // exit is closed
-	resumed  chan struct{}   // closed when the successor of the last hand-over died
+	exit     chan struct{}   // closed at Settling→Handed
+	resumed  chan struct{}   // closed at Handed→Alone: the successor died
 	taken    map[string]bool // the sockets that successor took over, by Key.String()
-	starting *peer           // a successor not yet ready
 }
 
 // routeState is what the receive path needs to know, replaced as a whole
@@ -313,13 +289,14 @@ func newUpgrader(env string, started bool, opts ...UpgradeOption) (*Upgrader, er
 		}
 		u.gen = 1
 		u.codec = newCIDCodec(u.key)
-		u.ready = true
+		u.at = stateFresh
 		u.log = u.opts.log.With(slog.Int("pid", os.Getpid()), processGenAttr(u.gen))
 		close(u.predGone)
 		u.publish()
 		return u, nil
 	}
 	u.log = u.opts.log.With(slog.Int("pid", os.Getpid()))
+	u.at = stateJoining
 	if err := u.connectPredecessor(env); err != nil {
 		return nil, fmt.Errorf("udppool: upgrade from predecessor: %w", err)
 	}
@@ -386,13 +363,13 @@ func (u *Upgrader) HasPredecessor() bool {
 	}
 }
 
-// publish replaces the receive path's view. u.mu must be held, or u not
-// yet shared.
+// publish replaces the receive path's view with the state's: whether this
+// process accepts, and the other generation (at most one runs beside it:
+// Upgrade waits for the predecessor to go). u.mu must be held, or u not yet
+// shared.
 func (u *Upgrader) publish() {
-	st := &routeState{self: u.gen, accepting: u.ready && !u.handed}
-	if u.succ != nil && u.handed {
-		st.peer = u.succ
-	} else if u.pred != nil {
+	st := &routeState{self: u.gen, accepting: u.at.accepting(), peer: u.succ}
+	if st.peer == nil {
 		st.peer = u.pred
 	}
 	u.state.Store(st)

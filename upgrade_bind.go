@@ -185,7 +185,7 @@ func (u *Upgrader) steer(k Key, raw syscall.RawConn) error {
 	}
 	prog := steerProgram([]uint16{u.gen}, 0, false)
 	switch {
-	case u.joined[k] && u.pred != nil && u.ready:
+	case u.joined[k] && u.pred != nil && u.at.accepting():
 		// Only the predecessor's QUIC connections need steering by ID;
 		// the datagrams of a plain socket go to the newest generation.
 		prog = steerProgram([]uint16{u.pred.gen, u.gen}, 1, u.predQUIC[k])

@@ -147,7 +147,7 @@ func steeredSuccessor(t *testing.T, fail func(k Key, prog []bpf.Instruction) boo
 	t.Cleanup(func() { fwdOther.Close() })
 	keys := make(map[syscall.RawConn]Key)
 	u.mu.Lock()
-	u.gen, u.ready = 2, false
+	u.gen, u.at = 2, stateJoining
 	u.pred = &peer{gen: 1, ctrl: ctrl, fwd: fwd, gone: make(chan struct{})}
 	u.predGone = make(chan struct{})
 	for range 2 {

@@ -27,29 +27,37 @@ const (
 // error then wraps ErrUpgradeFailed. Upgrade waits for a predecessor that
 // still drains to stop first.
 func (u *Upgrader) Upgrade(ctx context.Context) error {
-	u.mu.Lock()
-	switch {
-	case u.stopped:
-		u.mu.Unlock()
-		return ErrUpgraderStopped
-	case u.upgrading || u.handed:
-		u.mu.Unlock()
-		return ErrUpgradeInProgress
-	}
-	u.upgrading = true
-	u.mu.Unlock()
-	defer func() {
+	if !u.upgradeCall.CompareAndSwap(false, true) {
 		u.mu.Lock()
-		u.upgrading = false
+		_, err := u.would(evUpgrade)
 		u.mu.Unlock()
-	}()
-	select {
-	case <-u.predGone:
-	case <-ctx.Done():
-		return fmt.Errorf("udppool: upgrade: waiting for the predecessor to stop: %w", ctx.Err())
+		if errors.Is(err, ErrUpgraderStopped) {
+			return err
+		}
+		return ErrUpgradeInProgress // the other call's
 	}
-	if err := u.Ready(); err != nil {
-		return err
+	defer u.upgradeCall.Store(false)
+	for {
+		u.mu.Lock()
+		_, err := u.on(evUpgrade)
+		u.mu.Unlock()
+		switch {
+		case errors.Is(err, errAwaitPredecessor):
+			select {
+			case <-u.predGone:
+			case <-ctx.Done():
+				return fmt.Errorf("udppool: upgrade: waiting for the predecessor to stop: %w", ctx.Err())
+			}
+			continue
+		case errors.Is(err, errNotReady):
+			if err := u.Ready(); err != nil {
+				return err
+			}
+			continue
+		case err != nil:
+			return err
+		}
+		break // Starting
 	}
 	u.stats.started.Add(1)
 	err := u.handOver(ctx)
@@ -61,67 +69,53 @@ func (u *Upgrader) Upgrade(ctx context.Context) error {
 	return err
 }
 
-// handOver starts a successor, waits for its Ready and hands over.
+// handOver starts a successor, waits for its Ready and hands over: the
+// moves of Starting.
 func (u *Upgrader) handOver(ctx context.Context) error {
 	u.notifyReloading()
 	s, err := u.start(ctx)
 	if err != nil {
-		u.log.Error("udppool: starting a successor failed", slog.Any("cause", err))
-		u.notifyUpgradeFailed(err)
-		return fmt.Errorf("udppool: upgrade: %w", err)
+		return u.fail(nil, err)
 	}
 	u.log.Info("udppool: successor started", peerAttrs(s)...)
 	u.mu.Lock()
-	u.starting = s // for Stop to end
-	stopped := u.stopped
+	_, err = u.on(evSuccessorStarted)
+	if err == nil {
+		u.starting = s // for Stop to end
+	}
 	u.mu.Unlock()
-	err = ErrUpgraderStopped
 	var taken map[string]bool
-	if !stopped {
+	if err == nil {
 		taken, err = u.awaitReady(ctx, s)
 	}
 	if err != nil {
-		u.mu.Lock()
-		u.starting = nil
-		if u.stopped {
-			err = errors.Join(ErrUpgraderStopped, err)
-		}
-		u.mu.Unlock()
-		u.log.Error("udppool: successor failed before ready; this process serves on",
-			append(peerAttrs(s), slog.Any("cause", err))...)
-		s.kill()
-		u.notifyUpgradeFailed(err)
-		u.mu.Lock()
-		// The successor may have attached its program before it died:
-		// put this process's back.
-		rerr := u.resteer()
-		u.mu.Unlock()
-		return errors.Join(fmt.Errorf("udppool: upgrade: %w: %w", ErrUpgradeFailed, err), rerr)
+		return u.fail(s, err)
 	}
-	u.mu.Lock()
-	stopped = u.stopped
-	u.mu.Unlock()
-	if !stopped {
+	if u.is(stateStarting) {
 		// The service manager must know the successor before this
 		// process can exit.
 		u.notifyHandOver(s.pid)
 	}
 	u.mu.Lock()
 	u.starting = nil
-	if u.stopped {
+	if _, err := u.on(evSuccessorReady); err != nil {
 		// Stop came first: this process ends without a hand-over, and so
 		// does the upgrade it began.
 		u.mu.Unlock()
 		u.log.Info("udppool: successor ready after Stop; ending it", peerAttrs(s)...)
 		s.kill()
-		return ErrUpgraderStopped
+		return err
 	}
 	u.log.Info("udppool: successor ready; handing over", peerAttrs(s)...)
 	s.release()
 	u.succ = s
-	u.handed = true
 	u.resumed = make(chan struct{})
 	u.taken = taken
+	// Only the sockets this successor took over are shared; one that an
+	// earlier successor took over and this one binds anew is not.
+	for _, f := range u.transports() {
+		f.shared.Store(taken[f.keyStr])
+	}
 	u.publish()
 	u.mu.Unlock()
 	u.parkTaken(true)
@@ -132,17 +126,53 @@ func (u *Upgrader) handOver(ctx context.Context) error {
 	u.settle()
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.succ != s {
-		// It died while this process settled: watch took the handshakes
-		// back, and the application has nothing to leave.
-		return fmt.Errorf("udppool: upgrade: %w: successor exited right after ready", ErrUpgradeFailed)
+	if _, err := u.on(evSettled); err != nil {
+		if errors.Is(err, ErrUpgradeFailed) {
+			// It died while this process settled: watch took the
+			// handshakes back, and the application has nothing to leave.
+			return fmt.Errorf("udppool: upgrade: %w: successor exited right after ready", err)
+		}
+		return err
 	}
 	close(u.exit)
-	u.exited = true
 	return nil
 }
 
-// awaitReady waits for the successor's ready message.
+// fail ends an upgrade whose successor s failed before its Ready, or
+// (with s nil) could not be started: Starting→Alone, or in Stopped the
+// same mechanisms without telling the service manager that this process
+// serves on.
+func (u *Upgrader) fail(s *peer, cause error) error {
+	u.mu.Lock()
+	u.starting = nil
+	_, serr := u.on(evSuccessorFailed)
+	u.mu.Unlock()
+	if serr != nil && !errors.Is(cause, serr) {
+		cause = errors.Join(serr, cause)
+	}
+	if s == nil {
+		u.log.Error("udppool: starting a successor failed", slog.Any("cause", cause))
+	} else {
+		u.log.Error("udppool: successor failed before ready; this process serves on",
+			append(peerAttrs(s), slog.Any("cause", cause))...)
+		s.kill()
+	}
+	if serr == nil {
+		u.notifyUpgradeFailed(cause)
+	}
+	if s == nil {
+		return fmt.Errorf("udppool: upgrade: %w", cause)
+	}
+	u.mu.Lock()
+	// The successor may have attached its program before it died: put
+	// this process's back.
+	rerr := u.resteer()
+	u.mu.Unlock()
+	return errors.Join(fmt.Errorf("udppool: upgrade: %w: %w", ErrUpgradeFailed, cause), rerr)
+}
+
+// awaitReady waits for the successor's ready message and returns the
+// sockets it took over.
 func (u *Upgrader) awaitReady(ctx context.Context, s *peer) (taken map[string]bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, u.opts.readyTimeout)
 	defer cancel()
@@ -176,11 +206,6 @@ func (u *Upgrader) awaitReady(ctx context.Context, s *peer) (taken map[string]bo
 	}
 	if err := s.ctrl.SetReadDeadline(time.Time{}); err != nil {
 		return nil, err
-	}
-	// Only the sockets this successor took over are shared; one that an
-	// earlier successor took over and this one binds anew is not.
-	for _, f := range u.transports() {
-		f.shared.Store(taken[f.keyStr])
 	}
 	return taken, nil
 }
@@ -228,21 +253,24 @@ func (u *Upgrader) watch(s *peer) {
 }
 
 // successorGone forgets successor s, which has exited, and reports
-// whether this process takes the port back.
+// whether this process takes the port back (Settling or Handed→Alone).
 func (u *Upgrader) successorGone(s *peer) bool {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.succ != s {
+		return false // Stop forgot it
+	}
+	from, err := u.on(evSuccessorGone)
+	if err != nil {
 		return false
 	}
 	u.succ = nil
 	s.close()
-	if u.stopped {
+	if from == stateStopped {
 		u.publish()
 		return false
 	}
 	u.log.Error("udppool: successor exited after taking over; this process takes new handshakes back", peerAttrs(s)...)
-	u.handed = false
 	for _, f := range u.transports() {
 		f.shared.Store(false)
 	}
@@ -250,9 +278,8 @@ func (u *Upgrader) successorGone(s *peer) bool {
 	if err := u.resteer(); err != nil {
 		u.log.Error("udppool: steering back to this process failed", slog.Any("cause", err))
 	}
-	if u.exited {
+	if from == stateHanded {
 		u.exit = make(chan struct{})
-		u.exited = false
 		close(u.resumed)
 	}
 	return true
@@ -260,35 +287,35 @@ func (u *Upgrader) successorGone(s *peer) bool {
 
 // Ready announces that this process serves: from now on it takes every new
 // handshake, and a predecessor stops accepting. In a process not started by
-// Upgrade it does nothing.
+// Upgrade it only tells the PID file and the service manager.
 func (u *Upgrader) Ready() error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.stopped {
-		return ErrUpgraderStopped
+	from := u.at
+	if _, err := u.would(evReady); err != nil {
+		return err
 	}
-	if !u.announced {
+	if !from.announced() {
 		// Before a predecessor hears of it: it exits once it has.
 		if err := u.announceReady(); err != nil {
 			return err
 		}
-		u.announced = true
 	}
-	if u.ready {
-		return nil
+	u.on(evReady)
+	if from != stateJoining && from != stateOrphaned {
+		return nil // serving already
 	}
 	// Accept before the kernel sends handshakes here: until then this
 	// process would forward them to the predecessor.
-	u.ready = true
 	u.publish()
 	if err := u.resteer(); err != nil {
 		// Every group back to the predecessor's program, also those that
 		// took this process's before one failed.
-		u.ready = false
+		u.on(evReadyRolledBack)
 		u.publish()
 		return errors.Join(err, u.resteer())
 	}
-	if u.pred != nil {
+	if from == stateJoining {
 		// The ready message lists the sockets this process took over from
 		// the predecessor, which it must stop reading.
 		msg := []byte{msgReady}
@@ -332,12 +359,14 @@ func (u *Upgrader) watchPredecessor(s *peer) {
 	u.mu.Unlock()
 }
 
-// predecessorGone forgets the predecessor. u.mu must be held.
+// predecessorGone forgets the predecessor: Joining→Orphaned,
+// Sharing→Alone, and in Stopped. u.mu must be held.
 func (u *Upgrader) predecessorGone() {
 	s := u.pred
 	if s == nil {
-		return
+		return // forgotten already
 	}
+	u.on(evPredecessorGone) // pred is set in Joining, Sharing and Stopped only, where the table answers
 	u.pred = nil
 	s.close()
 	u.log.Info("udppool: predecessor gone; this process serves alone", peerAttrs(s)...)
@@ -363,19 +392,18 @@ func (u *Upgrader) predecessorGone() {
 // closes the upgrade channels. Call it before exiting after a hand-over.
 func (u *Upgrader) Stop() error {
 	u.mu.Lock()
-	if u.stopped {
+	from, err := u.on(evStop)
+	if err != nil {
 		u.mu.Unlock()
-		return ErrUpgraderStopped
+		return err
 	}
-	u.stopped = true
 	if s := u.starting; s != nil {
 		s.ctrl.SetReadDeadline(pastDeadline) // Upgrade ends it
 	}
 	pools := slices.Clone(u.pools)
-	last := !u.handed
 	u.mu.Unlock()
-	if last {
-		u.notifyStopping()
+	if from != stateSettling && from != stateHanded {
+		u.notifyStopping() // the last generation
 	}
 	var errs []error
 	for _, p := range pools {

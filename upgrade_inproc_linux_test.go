@@ -19,6 +19,8 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/udppool/udppool/internal/systemd"
 )
 
 // inProc is an upgrade whose first generation is the test process itself
@@ -230,6 +232,14 @@ func TestUpgradeSuccessorDiesAfterReady(t *testing.T) {
 			}
 			next := ip.wait("ready", 2)
 			waitClosed(t, ip.u.Exit(), "Exit")
+			wantState(t, ip.u, stateHanded, "the hand-over")
+			if err := ip.u.Upgrade(ctx); !errors.Is(err, ErrUpgradeInProgress) {
+				t.Errorf("Upgrade after the hand-over: %v, want ErrUpgradeInProgress", err)
+			}
+			if err := ip.u.Ready(); err != nil {
+				t.Errorf("Ready after the hand-over: %v", err)
+			}
+			wantState(t, ip.u, stateHanded, "Upgrade and Ready after the hand-over")
 			resumed := ip.u.Resumed()
 			go ln.Shutdown(ctx) // the drain, as an application starts it
 			if a, err := requestAddr(ctx, addr); err != nil || !strings.HasPrefix(a, fmt.Sprintf("pid %d gen 2", next.pid)) {
@@ -238,6 +248,7 @@ func TestUpgradeSuccessorDiesAfterReady(t *testing.T) {
 
 			syscall.Kill(next.pid, syscall.SIGKILL)
 			waitClosed(t, resumed, "Resumed after the successor died")
+			wantState(t, ip.u, stateAlone, "the successor died")
 			ip.serve() // listen again, as Resumed asks
 			for i := range 5 {
 				if a, err := requestAddr(ctx, addr); err != nil || a != self {
@@ -300,6 +311,7 @@ func TestUpgradeStopRacesUpgrade(t *testing.T) {
 	}
 	done := ip.upgradeAsync()
 	bound := ip.wait("bound", 2)
+	wantState(t, ip.u, stateStarting, "the successor bound")
 	if err := ip.u.Stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -311,10 +323,10 @@ func TestUpgradeStopRacesUpgrade(t *testing.T) {
 		t.Errorf("Upgrade racing Stop: %v, want ErrUpgraderStopped", err)
 	}
 	ip.u.mu.Lock()
-	succ, handed := ip.u.succ, ip.u.handed
+	succ, at := ip.u.succ, ip.u.at
 	ip.u.mu.Unlock()
-	if succ != nil || handed {
-		t.Errorf("a successor was installed after Stop")
+	if succ != nil || at != stateStopped {
+		t.Errorf("after Stop raced Upgrade: state %v, successor %v; want Stopped, none", at, succ)
 	}
 	select {
 	case <-ip.u.Exit():
@@ -474,5 +486,70 @@ func TestUpgradeInheritedPlainSocket(t *testing.T) {
 		if a := ask(); a != "gen 1" {
 			t.Fatalf("answer %d after the successor died: %q, want gen 1", i, a)
 		}
+	}
+}
+
+// TestUpgradeStopDuringHandOver calls Stop after the successor's Ready has
+// come, while the predecessor tells the service manager (it waits for the
+// manager's barrier, which the test holds): the successor must not be
+// installed after Stop, Exit must stay open, and the successor is ended.
+// TestUpgradeStopRacesUpgrade covers a Stop before the Ready.
+func TestUpgradeStopDuringHandOver(t *testing.T) {
+	ip := startInProc(t)
+	goFile := filepath.Join(ip.failDir, "go")
+	if err := os.WriteFile(filepath.Join(ip.failDir, "fail"), []byte("wait "+goFile), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	done := ip.upgradeAsync()
+	bound := ip.wait("bound", 2)
+	// The manager appears once the successor runs, so that it is this
+	// process's child all the same (see startAsSibling).
+	m := newManager(t)
+	t.Setenv(systemd.NotifyEnv, m.l.Addr())
+	if err := os.WriteFile(goFile, nil, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	var barrier []*os.File
+	for barrier == nil {
+		var msg systemd.Message
+		select {
+		case msg = <-m.msgs:
+		case <-time.After(testTimeout):
+			t.Fatal("no barrier from the hand-over")
+		}
+		if v, ok := msg.Get("MAINPID"); ok && v != strconv.Itoa(bound.pid) {
+			t.Errorf("MAINPID=%s, want the successor's %d", v, bound.pid)
+		}
+		if v, _ := msg.Get("BARRIER"); v == "1" {
+			barrier = msg.Files
+		} else {
+			for _, f := range msg.Files {
+				f.Close()
+			}
+		}
+	}
+	wantState(t, ip.u, stateStarting, "the successor's Ready, before the manager has read it")
+	if err := ip.u.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range barrier {
+		f.Close() // the manager has read it
+	}
+	if err := waitErr(t, done, "Upgrade"); !errors.Is(err, ErrUpgraderStopped) {
+		t.Errorf("Upgrade with Stop during its hand-over: %v, want ErrUpgraderStopped", err)
+	}
+	ip.u.mu.Lock()
+	succ, at := ip.u.succ, ip.u.at
+	ip.u.mu.Unlock()
+	if succ != nil || at != stateStopped {
+		t.Errorf("after Stop during the hand-over: state %v, successor %v; want Stopped, none", at, succ)
+	}
+	select {
+	case <-ip.u.Exit():
+		t.Errorf("Exit closed after Stop")
+	default:
+	}
+	if err := syscall.Kill(bound.pid, 0); err == nil {
+		t.Errorf("successor %d still runs after Upgrade returned", bound.pid)
 	}
 }
