@@ -228,6 +228,7 @@ type judged struct {
 	Verdict  string  `json:"verdict"`
 	RoundMin float64 `json:"round_min,omitempty"`
 	RoundMax float64 `json:"round_max,omitempty"`
+	DirectNs float64 `json:"direct_ns_per_datagram,omitempty"` // steered_over_direct's baseline
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -266,13 +267,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var steer *judged
 	if c.steering {
 		fmt.Fprintf(stderr, "running %s ...\n", steeringBench)
-		ratio, direct, err := steeringRatio(context.Background())
+		ratios, direct, err := steeringRatio(context.Background())
 		if err != nil {
 			steer = &judged{Key: "steered_over_direct", Verdict: "not measured: " + firstLine(err.Error())}
 		} else {
-			steer = &judged{Key: "steered_over_direct", Value: ratio, Op: "<=", Bound: 1.02}
-			steer.Verdict = verdict(steer.Op, ratio, steer.Bound, nil)
-			_ = direct
+			steer = &judged{Key: "steered_over_direct", Value: median(ratios), Op: "<=", Bound: 1.02,
+				RoundMin: slices.Min(ratios), RoundMax: slices.Max(ratios), DirectNs: median(direct)}
+			steer.Verdict = verdict(steer.Op, steer.Value, steer.Bound, ratios)
 		}
 	}
 
@@ -529,16 +530,19 @@ func printTable(w io.Writer, c config, m machine, rows []row, targets []judged) 
 			fmt.Sprintf("%.1f %s", r.Rate, r.RateUnit), r.OverOne, spread, r.ServerCores, r.ClientCores,
 			fmt.Sprintf("%.3g %s", r.ServerCost, r.CostUnit), p99, fail)
 	}
-	fmt.Fprintf(w, "\n%-28s %8s %10s  %s\n", "target", "value", "bound", "verdict")
+	fmt.Fprintf(w, "\n%-28s %8s %10s %15s  %s\n", "target", "value", "bound", "rounds min..max", "verdict")
 	for _, t := range targets {
-		bound := ""
+		bound, spread := "", ""
 		if t.Op != "" {
 			bound = fmt.Sprintf("%s %.3g", t.Op, t.Bound)
 		}
-		fmt.Fprintf(w, "%-28s %8.3f %10s  %s\n", t.Key, t.Value, bound, t.Verdict)
+		if t.RoundMax > 0 {
+			spread = fmt.Sprintf("%.2f..%.2f", t.RoundMin, t.RoundMax)
+		}
+		fmt.Fprintf(w, "%-28s %8.3f %10s %15s  %s\n", t.Key, t.Value, bound, spread, t.Verdict)
 	}
 	fmt.Fprintln(w, "\nx N=1: the rate over the same workload's at 1 socket (medians); rounds: that ratio in each round alone.")
 	fmt.Fprintln(w, "server, client cores: each process's CPU time over the window. scaling_*: throughput at N = the server's")
 	fmt.Fprintln(w, "cores over N = 1, bound 0.8 x cores, judged where the server has two cores or more to itself.")
-	fmt.Fprintln(w, "steered_over_direct: "+steeringBench+" (root package), per datagram, bound 1.02.")
+	fmt.Fprintf(w, "steered_over_direct: %s (root package, go test -count %d), per datagram, bound 1.02.\n", steeringBench, steeringRuns)
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -138,10 +139,13 @@ func TestVerdict(t *testing.T) {
 // TestParseSteering reads the metrics of BenchmarkUpgradeRatios as go test
 // prints them.
 func TestParseSteering(t *testing.T) {
-	out := "goos: linux\nBenchmarkUpgradeRatios-2   \t       5\t 812345678 ns/op\t      4071 direct-ns/pkt\t         2.402 forwarded/direct\t         1.013 steered/direct\nPASS\n"
-	ratio, direct, err := parseSteering(out)
-	if err != nil || ratio != 1.013 || direct != 4071 {
-		t.Fatalf("parseSteering = %v, %v, %v; want 1.013, 4071", ratio, direct, err)
+	out := "goos: linux\n" +
+		"BenchmarkUpgradeRatios-2   \t       3\t 812345678 ns/op\t      4071 direct-ns/pkt\t         2.402 forwarded/direct\t         1.013 steered/direct\n" +
+		"BenchmarkUpgradeRatios-2   \t       3\t 712345678 ns/op\t      3900 direct-ns/pkt\t         2.5 forwarded/direct\t         0.98 steered/direct\n" +
+		"PASS\n"
+	ratios, direct, err := parseSteering(out)
+	if err != nil || !slices.Equal(ratios, []float64{1.013, 0.98}) || !slices.Equal(direct, []float64{4071, 3900}) {
+		t.Fatalf("parseSteering = %v, %v, %v; want [1.013 0.98], [4071 3900]", ratios, direct, err)
 	}
 	if _, _, err := parseSteering("PASS\n"); err == nil {
 		t.Fatal("no benchmark line, no error")
