@@ -185,6 +185,7 @@ type machine struct {
 	PinError   string  `json:"pin_error,omitempty"`
 	GOMAXPROCS int     `json:"server_gomaxprocs"`
 	Load       float64 `json:"load_average_1m_at_start"` // 0 where unknown
+	LoadEnd    float64 `json:"load_average_1m_at_end"`
 	GoVersion  string  `json:"go_version"`
 	OS         string  `json:"os"`
 }
@@ -343,6 +344,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "round %d of %d done\n", round+1, c.rounds)
 	}
 
+	m.LoadEnd = loadAverage()
 	rows, targets := summarize(c, m, workloads, samples)
 	if steer != nil {
 		targets = append(targets, *steer)
@@ -508,8 +510,9 @@ func printTable(w io.Writer, c config, m machine, rows []row, targets []judged) 
 	case m.PinError != "":
 		pinned = "not pinned (" + m.PinError + ")"
 	}
-	fmt.Fprintf(w, "%d CPUs (%s), %s, load average %.2f at the start; %d rounds of %v per workload and socket count\n\n",
-		m.CPUs, m.OS, pinned, m.Load, c.rounds, c.duration)
+	fmt.Fprintf(w, "%d CPUs (%s), %s, load average %.2f at the start, %.2f at the end (this program's own load included);\n",
+		m.CPUs, m.OS, pinned, m.Load, m.LoadEnd)
+	fmt.Fprintf(w, "%d rounds of %v per workload and socket count\n\n", c.rounds, c.duration)
 	fmt.Fprintf(w, "%-22s %7s %14s %7s %15s %7s %7s %14s %9s\n",
 		"workload (medians)", "sockets", "rate", "x N=1", "rounds min..max", "server", "client", "server cpu", "p99")
 	fmt.Fprintf(w, "%-22s %7s %14s %7s %15s %7s %7s %14s %9s\n", "", "", "", "", "", "cores", "cores", "", "")
