@@ -455,8 +455,13 @@ func summarize(c config, m machine, workloads []workload, samples map[workload]m
 			}
 			rows = append(rows, r)
 
-			// Throughput at N = the server's cores against cores x N = 1.
-			if n != max(cores, 1) && !(cores < 2 && n == c.sockets[len(c.sockets)-1]) {
+			// Throughput at N = the server's cores against cores x N = 1;
+			// where that cannot be judged, the largest N's for information.
+			at := c.sockets[len(c.sockets)-1]
+			if m.Pinned && cores >= 2 && slices.Contains(c.sockets, cores) {
+				at = cores
+			}
+			if n != at || n == 1 {
 				continue
 			}
 			t := judged{Key: "scaling_" + w.key() + "_n" + strconv.Itoa(n), Value: r.OverOne, RoundMin: r.RoundMin, RoundMax: r.RoundMax}
@@ -465,6 +470,8 @@ func summarize(c config, m machine, workloads []workload, samples map[workload]m
 				t.Verdict = "(info) not judged: server and client share the CPUs"
 			case cores < 2:
 				t.Verdict = fmt.Sprintf("(info) not judged: the server has %d core", cores)
+			case n != cores:
+				t.Verdict = fmt.Sprintf("(info) not judged: the server has %d cores, not %d", cores, n)
 			default:
 				t.Op, t.Bound = ">=", 0.8*float64(cores)
 				t.Verdict = verdict(t.Op, t.Value, t.Bound, perRound)

@@ -81,6 +81,13 @@ func startServer(n int, cert tls.Certificate) (*server, error) {
 			return nil, err
 		}
 	}
+	// A pool of its own holds exactly the address's sockets: what is
+	// measured at N must be N sockets.
+	if got := len(pool.Stats()); got != n {
+		tr.Close()
+		pool.Close()
+		return nil, fmt.Errorf("the pool holds %d sockets for %d requested", got, n)
+	}
 	ln, err := tr.Listen(&tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{alpn}, MinVersion: tls.VersionTLS13}, quicConfig())
 	if err != nil {
 		tr.Close()
