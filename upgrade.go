@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/udppool/udppool/internal/steer"
 )
 
 // Errors of process upgrades.
@@ -128,8 +130,13 @@ type Upgrader struct {
 	// predInodes identify the predecessor's sockets, which a successor
 	// expects beside its own in a reuseport group (see WithRefuseForeign).
 	predInodes map[Key]uint64
-	predQUIC   map[Key]bool     // ... and serves QUIC on
-	inherited  map[Key]*os.File // the predecessor's sockets, not (yet) used
+	predQUIC   map[Key]bool // ... and serves QUIC on
+	// predMembers are the predecessor's sockets by their member index in
+	// the reuseport group of each address (base key), as its hello says;
+	// groups are this process's view of each group it steers (sockets.go).
+	predMembers map[Key][]steer.Member
+	groups      map[Key]*sockGroup
+	inherited   map[Key]*os.File // the predecessor's sockets, not (yet) used
 	// tcp holds this process's copy of each TCP listening socket (see
 	// Listen), by the spelling it was asked for; tcpInherited those of the
 	// predecessor nobody has listened on yet.
@@ -287,6 +294,8 @@ func newUpgrader(env string, started bool, opts ...UpgradeOption) (*Upgrader, er
 		conns:        make(map[string]*forwardConn),
 		socks:        make(map[Key]*socket),
 		predQUIC:     make(map[Key]bool),
+		predMembers:  make(map[Key][]steer.Member),
+		groups:       make(map[Key]*sockGroup),
 		joined:       make(map[Key]bool),
 		shared:       make(map[Key]bool),
 		predKeys:     make(map[Key]bool),

@@ -34,13 +34,14 @@ import (
 // tests, and so do its successors, which Upgrade starts from the same
 // binary with the same arguments and environment.
 const (
-	upgradeChildEnv = "UDPPOOL_TEST_UPGRADE_CHILD" // the port to serve
-	upgradeFailEnv  = "UDPPOOL_TEST_UPGRADE_FAIL"  // a file whose presence makes the next successor fail
-	upgradeModeEnv  = "UDPPOOL_TEST_UPGRADE_MODE"  // "inherit" forces inherited sockets
-	upgradeDrainEnv = "UDPPOOL_TEST_UPGRADE_DRAIN" // the drain grace period
-	upgradeTrustEnv = "UDPPOOL_TEST_UPGRADE_TRUST" // set: no WithRefuseForeign, the Upgrader's own check alone
-	upgradeWatchEnv = "UDPPOOL_TEST_UPGRADE_WATCH" // a descriptor that reads EOF once the test process is gone
-	upgradePlainEnv = "UDPPOOL_TEST_UPGRADE_PLAIN" // an address on which to echo plain datagrams with "gen G"
+	upgradeChildEnv   = "UDPPOOL_TEST_UPGRADE_CHILD"   // the port to serve
+	upgradeFailEnv    = "UDPPOOL_TEST_UPGRADE_FAIL"    // a file whose presence makes the next successor fail
+	upgradeModeEnv    = "UDPPOOL_TEST_UPGRADE_MODE"    // "inherit" forces inherited sockets
+	upgradeDrainEnv   = "UDPPOOL_TEST_UPGRADE_DRAIN"   // the drain grace period
+	upgradeTrustEnv   = "UDPPOOL_TEST_UPGRADE_TRUST"   // set: no WithRefuseForeign, the Upgrader's own check alone
+	upgradeWatchEnv   = "UDPPOOL_TEST_UPGRADE_WATCH"   // a descriptor that reads EOF once the test process is gone
+	upgradePlainEnv   = "UDPPOOL_TEST_UPGRADE_PLAIN"   // an address on which to echo plain datagrams with "gen G"
+	upgradeSocketsEnv = "UDPPOOL_TEST_UPGRADE_SOCKETS" // the number of sockets of the transport (WithSockets)
 	// watchFD is where every generation keeps the watch descriptor, open
 	// across exec: above those that exec.Cmd.ExtraFiles numbers.
 	watchFD       = 200

@@ -43,8 +43,8 @@ func TestProbe(t *testing.T) {
 			f := reusePort(t, c.network, addr) // foreign: not given to Probe
 			b := reusePort(t, c.network, addr)
 			d := reusePort(t, c.network, addr)
-			prog := Program(Group{Members: []Member{{1, 0}}, Accept: 1}) // everything to member 0
-			const wait = 500 * time.Millisecond                          // a bound for the foreign member, not a timing
+			prog := Program(Group{Members: []Member{{Gen: 1, Socket: 0}}, Accept: 1}) // everything to member 0
+			const wait = 500 * time.Millisecond                                       // a bound for the foreign member, not a timing
 			index, foreign, err := Probe([]*net.UDPConn{d, a, b}, prog, wait)
 			if err != nil {
 				t.Fatal(err)
