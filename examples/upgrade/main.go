@@ -84,10 +84,6 @@ func run(listen, certFile, keyFile, pidFile, serverID string, sockets int, drain
 		}
 		opts = append(opts, udppool.WithServerID(sid))
 	}
-	trOpts, err := socketsOption(sockets)
-	if err != nil {
-		return fmt.Errorf("-sockets: %w", err)
-	}
 	upg, err := udppool.NewUpgrader(opts...)
 	if err != nil {
 		return err
@@ -98,7 +94,7 @@ func run(listen, certFile, keyFile, pidFile, serverID string, sockets int, drain
 	}
 	pid, gen := os.Getpid(), upg.Generation()
 	pool := udppool.New(udppool.WithUpgrader(upg))
-	tr, err := pool.Transport(context.Background(), "udp", listen, trOpts...)
+	tr, err := pool.Transport(context.Background(), "udp", listen, udppool.WithSockets(sockets))
 	if err != nil {
 		return err
 	}

@@ -257,12 +257,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "-run matches no workload")
 		return exitFailed
 	}
-	for _, n := range c.sockets[1:] {
-		if _, err := socketsOption(n); err != nil {
-			fmt.Fprintln(stderr, err)
-			return exitFailed
-		}
-	}
 
 	// The steering benchmark first, before any pinning: it compiles.
 	var steer *judged

@@ -48,10 +48,7 @@ func TestProgram(t *testing.T) {
 		return o.String(), e.String(), 0
 	}
 
-	sockets := "1"
-	if _, err := socketsOption(2); err == nil {
-		sockets = "1,2"
-	}
+	const sockets = "1,2"
 	out, errOut, code := run("-rounds", "1", "-duration", "100ms", "-conns", "2", "-dialers", "2",
 		"-sockets", sockets, "-steering=false", "-gate=false", "-json")
 	if code != 0 {

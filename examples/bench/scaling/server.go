@@ -54,10 +54,6 @@ func quicConfig() *quic.Config {
 
 // startServer serves on a free loopback port from n sockets.
 func startServer(n int, cert tls.Certificate) (*server, error) {
-	opts, err := socketsOption(n)
-	if err != nil {
-		return nil, err
-	}
 	pool := udppool.New()
 	var tr *udppool.Transport
 	// A port 0 socket joins no reuseport group, so the sockets of one
@@ -72,7 +68,7 @@ func startServer(n int, cert tls.Certificate) (*server, error) {
 		}
 		port := free.LocalAddr().(*net.UDPAddr).Port
 		free.Close()
-		tr, err = pool.Transport(context.Background(), "udp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), opts...)
+		tr, err = pool.Transport(context.Background(), "udp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), udppool.WithSockets(n))
 		if err == nil {
 			break
 		}
