@@ -296,6 +296,20 @@ func processSockets(pid int) []string {
 	return socks
 }
 
+// heldUDPSockets returns the UDP sockets on port that process pid holds,
+// each once however many descriptors it has for it.
+func heldUDPSockets(t *testing.T, port, pid int) []string {
+	t.Helper()
+	held := processSockets(pid)
+	var socks []string
+	for _, s := range udpSockets(t, port) {
+		if slices.Contains(held, s) && !slices.Contains(socks, s) {
+			socks = append(socks, s)
+		}
+	}
+	return socks
+}
+
 // processUID returns the real uid of process pid.
 func processUID(t *testing.T, pid int) int {
 	t.Helper()
