@@ -234,12 +234,15 @@ func runClient(c clientConfig, say func(string)) (clientResult, error) {
 				for range maxOps {
 					t0 := time.Now()
 					err := request(ctx, cc.conn, req, c.respSize)
-					if ctx.Err() != nil {
+					if ended(ctx, deadline) {
 						break // cut by the window's end: not a failure, not a sample
 					}
 					if err != nil {
+						// The connection's part ends here: a connection
+						// that failed would fail every later request at
+						// once, and count them by the million.
 						fail(err)
-						continue
+						break
 					}
 					requests.Add(1)
 					if len(own) < maxSamples {
@@ -254,9 +257,10 @@ func runClient(c clientConfig, say func(string)) (clientResult, error) {
 	case "handshakes":
 		for range c.conns {
 			wg.Go(func() {
+				failed := 0
 				for range maxOps {
 					cc, err := dial(ctx, c)
-					if ctx.Err() != nil {
+					if ended(ctx, deadline) {
 						if err == nil {
 							cc.close()
 						}
@@ -264,6 +268,9 @@ func runClient(c clientConfig, say func(string)) (clientResult, error) {
 					}
 					if err != nil {
 						fail(err)
+						if failed++; failed == maxDialFailures {
+							break
+						}
 						continue
 					}
 					cc.close()
@@ -283,6 +290,18 @@ func runClient(c clientConfig, say func(string)) (clientResult, error) {
 	slices.Sort(latencies)
 	res.P50, res.P99 = quantile(latencies, 0.50).Seconds(), quantile(latencies, 0.99).Seconds()
 	return res, nil
+}
+
+// maxDialFailures ends a dialer that keeps failing, so that an error that
+// comes at once (no descriptors left) cannot spin.
+const maxDialFailures = 10
+
+// ended reports whether the window is over. The streams' deadlines are the
+// window's, and a stream can see its deadline pass before the context's
+// timer fires: asking only the context would take that error for a
+// failure.
+func ended(ctx context.Context, deadline time.Time) bool {
+	return ctx.Err() != nil || !time.Now().Before(deadline)
 }
 
 // upload writes to one stream until the deadline.
@@ -333,7 +352,7 @@ func request(ctx context.Context, conn *quic.Conn, req []byte, respSize int) err
 // ignoreEnd drops the error that the window's end causes.
 func ignoreEnd(ctx context.Context, err error) error {
 	var ne net.Error
-	if ctx.Err() != nil || errors.As(err, &ne) && ne.Timeout() {
+	if d, _ := ctx.Deadline(); ended(ctx, d) || errors.As(err, &ne) && ne.Timeout() {
 		return nil
 	}
 	return err
