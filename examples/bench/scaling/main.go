@@ -216,6 +216,10 @@ type row struct {
 	ClientCores float64 `json:"client_cores"`
 	ServerCost  float64 `json:"server_cost"`
 	CostUnit    string  `json:"server_cost_unit"`
+	// CostOverOne is ServerCost over the same workload's at N = 1: what
+	// more sockets cost per unit of work. Unlike the rate it hardly moves
+	// when other processes take the server's cores.
+	CostOverOne float64 `json:"server_cost_over_n1"`
 	P99         float64 `json:"p99_s,omitempty"`
 	Failures    int64   `json:"failures"`
 }
@@ -425,6 +429,7 @@ func summarize(c config, m machine, workloads []workload, samples map[workload]m
 	cores := len(m.ServerCPUs)
 	for _, w := range workloads {
 		base := each(samples[w][1], func(s sample) float64 { return s.rate(w) })
+		baseCost := median(each(samples[w][1], func(s sample) float64 { return s.serverCost(w) }))
 		for _, n := range c.sockets {
 			ss := samples[w][n]
 			rates := each(ss, func(s sample) float64 { return s.rate(w) })
@@ -440,6 +445,7 @@ func summarize(c config, m machine, workloads []workload, samples map[workload]m
 				ServerCost:  median(each(ss, func(s sample) float64 { return s.serverCost(w) })),
 			}
 			r.OverOne = r.Rate / median(base)
+			r.CostOverOne = r.ServerCost / baseCost
 			r.RoundMin, r.RoundMax = slices.Min(perRound), slices.Max(perRound)
 			if w.kind == "rr" {
 				r.P99 = median(each(ss, func(s sample) float64 { return s.P99 }))
@@ -514,9 +520,9 @@ func printTable(w io.Writer, c config, m machine, rows []row, targets []judged) 
 	fmt.Fprintf(w, "%d CPUs (%s), %s, load average %.2f at the start, %.2f at the end (this program's own load included);\n",
 		m.CPUs, m.OS, pinned, m.Load, m.LoadEnd)
 	fmt.Fprintf(w, "%d rounds of %v per workload and socket count\n\n", c.rounds, c.duration)
-	fmt.Fprintf(w, "%-22s %7s %14s %7s %15s %7s %7s %14s %9s\n",
-		"workload (medians)", "sockets", "rate", "x N=1", "rounds min..max", "server", "client", "server cpu", "p99")
-	fmt.Fprintf(w, "%-22s %7s %14s %7s %15s %7s %7s %14s %9s\n", "", "", "", "", "", "cores", "cores", "", "")
+	fmt.Fprintf(w, "%-22s %7s %14s %7s %15s %7s %7s %14s %7s %9s\n",
+		"workload (medians)", "sockets", "rate", "x N=1", "rounds min..max", "server", "client", "server cpu", "cpu", "p99")
+	fmt.Fprintf(w, "%-22s %7s %14s %7s %15s %7s %7s %14s %7s %9s\n", "", "", "", "", "", "cores", "cores", "", "x N=1", "")
 	for _, r := range rows {
 		p99 := ""
 		if r.P99 > 0 {
@@ -530,9 +536,9 @@ func printTable(w io.Writer, c config, m machine, rows []row, targets []judged) 
 		if r.Failures > 0 {
 			fail = fmt.Sprintf("  %d failed", r.Failures)
 		}
-		fmt.Fprintf(w, "%-22s %7d %14s %7.3f %15s %7.2f %7.2f %14s %9s%s\n", r.Workload, r.Sockets,
+		fmt.Fprintf(w, "%-22s %7d %14s %7.3f %15s %7.2f %7.2f %14s %7.3f %9s%s\n", r.Workload, r.Sockets,
 			fmt.Sprintf("%.1f %s", r.Rate, r.RateUnit), r.OverOne, spread, r.ServerCores, r.ClientCores,
-			fmt.Sprintf("%.3g %s", r.ServerCost, r.CostUnit), p99, fail)
+			fmt.Sprintf("%.3g %s", r.ServerCost, r.CostUnit), r.CostOverOne, p99, fail)
 	}
 	fmt.Fprintf(w, "\n%-28s %8s %10s %15s  %s\n", "target", "value", "bound", "rounds min..max", "verdict")
 	for _, t := range targets {
@@ -545,8 +551,12 @@ func printTable(w io.Writer, c config, m machine, rows []row, targets []judged) 
 		}
 		fmt.Fprintf(w, "%-28s %8.3f %10s %15s  %s\n", t.Key, t.Value, bound, spread, t.Verdict)
 	}
-	fmt.Fprintln(w, "\nx N=1: the rate over the same workload's at 1 socket (medians); rounds: that ratio in each round alone.")
-	fmt.Fprintln(w, "server, client cores: each process's CPU time over the window. scaling_*: throughput at N = the server's")
-	fmt.Fprintln(w, "cores over N = 1, bound 0.8 x cores, judged where the server has two cores or more to itself.")
+	fmt.Fprint(w, `
+x N=1: the rate over the same workload's at 1 socket (medians); rounds: that ratio in each round alone.
+server, client cores: each process's CPU time over the window. server cpu: the server's CPU time per
+unit of work; cpu x N=1: that over N = 1's, which other processes on the machine hardly move.
+scaling_*: throughput at N = the server's cores over N = 1, bound 0.8 x cores, judged where the server
+has two cores or more to itself.
+`)
 	fmt.Fprintf(w, "steered_over_direct: %s (root package, go test -count %d), per datagram, bound 1.02.\n", steeringBench, steeringRuns)
 }
