@@ -12,16 +12,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// foreignReusePort binds a plain same-user SO_REUSEPORT socket on port of
-// network, as a stale server or another program of the user would.
-func foreignReusePort(t *testing.T, network string, port uint16) *net.UDPConn {
+// foreignReusePort binds a plain same-user SO_REUSEPORT socket to address
+// of network, as a stale server or another program of the user would.
+func foreignReusePort(t *testing.T, network, address string) *net.UDPConn {
 	t.Helper()
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) })
 		return serr
 	}}
-	pc, err := lc.ListenPacket(context.Background(), network, fmt.Sprintf(":%d", port))
+	pc, err := lc.ListenPacket(context.Background(), network, address)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func TestUpgradeForeignJoinsAfterReady(t *testing.T) {
 			}
 			next := ip.wait("ready", 2)
 			waitClosed(t, ip.u.Exit(), "Exit")
-			foreign := foreignReusePort(t, "udp", ip.port)
+			foreign := foreignReusePort(t, "udp", fmt.Sprintf(":%d", ip.port))
 			ip.tr.Close()
 			if err := ip.u.Stop(); err != nil {
 				t.Fatal(err)
