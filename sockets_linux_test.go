@@ -251,6 +251,8 @@ func (c *rebindConn) ReadFrom(b []byte) (int, net.Addr, error) {
 func (c *rebindConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 	return c.conn().WriteTo(b, addr)
 }
+func (c *rebindConn) SetReadBuffer(n int) error          { return c.conn().SetReadBuffer(n) }
+func (c *rebindConn) SetWriteBuffer(n int) error         { return c.conn().SetWriteBuffer(n) }
 func (c *rebindConn) Close() error                       { return c.conn().Close() }
 func (c *rebindConn) LocalAddr() net.Addr                { return c.conn().LocalAddr() }
 func (c *rebindConn) SetDeadline(t time.Time) error      { return c.conn().SetDeadline(t) }

@@ -126,7 +126,11 @@ func upgradeChild(port string) error {
 	pid, gen := os.Getpid(), u.Generation()
 	// Refusing foreign sockets must not refuse the predecessor's.
 	p := New(WithUpgrader(u), WithRefuseForeign(os.Getenv(upgradeTrustEnv) == ""))
-	tr, err := p.Transport(context.Background(), "udp", ":"+port)
+	var topts []TransportOption
+	if n, err := strconv.Atoi(os.Getenv(upgradeSocketsEnv)); err == nil {
+		topts = append(topts, WithSockets(n))
+	}
+	tr, err := p.Transport(context.Background(), "udp", ":"+port, topts...)
 	if err != nil {
 		return err
 	}
