@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -266,6 +267,74 @@ type migrationFigures struct {
 	rerouted                    uint64
 }
 
+// A migrant is a client connection that changes its path.
+type migrant struct {
+	rc      *rebindConn
+	tr      *quic.Transport
+	conn    *quic.Conn
+	first   string // the answer before the move
+	closers []func() error
+}
+
+// dialMigrant connects to server and makes a request.
+func dialMigrant(ctx context.Context, t *testing.T, server *net.UDPAddr) (*migrant, error) {
+	m := &migrant{rc: newRebindConn(t, server.IP)}
+	m.tr = &quic.Transport{Conn: m.rc}
+	m.closers = append(m.closers, m.rc.Close, m.tr.Close)
+	conn, err := m.tr.Dial(ctx, server, upgradeClientTLS, &quic.Config{MaxIdleTimeout: 30 * time.Second})
+	if err != nil {
+		return m, fmt.Errorf("dial: %w", err)
+	}
+	m.conn = conn
+	if m.first, err = request(ctx, conn); err != nil {
+		return m, fmt.Errorf("request before moving: %w", err)
+	}
+	return m, nil
+}
+
+// move changes m's path: NAT rebinding (the same connection from a new
+// port, unannounced) if rebind is set, else quic-go's path migration (a
+// new path probed, then switched to).
+func (m *migrant) move(ctx context.Context, rebind bool) error {
+	if rebind {
+		return m.rc.rebind()
+	}
+	uc, err := net.ListenUDP("udp", &net.UDPAddr{IP: m.rc.ip})
+	if err != nil {
+		return err
+	}
+	ptr := &quic.Transport{Conn: uc}
+	m.closers = append(m.closers, uc.Close, ptr.Close)
+	path, err := m.conn.AddPath(ptr)
+	if err != nil {
+		return fmt.Errorf("AddPath: %w", err)
+	}
+	if err := path.Probe(ctx); err != nil {
+		return fmt.Errorf("Probe: %w", err)
+	}
+	return path.Switch()
+}
+
+// check makes n requests, whose answers must begin with want.
+func (m *migrant) check(ctx context.Context, n int, want string) error {
+	for j := range n {
+		a, err := request(ctx, m.conn)
+		if err != nil || !strings.HasPrefix(a, want) {
+			return fmt.Errorf("request %d after moving: %q, %v; want %q", j, a, err, want)
+		}
+	}
+	return nil
+}
+
+func (m *migrant) close() {
+	if m.conn != nil {
+		m.conn.CloseWithError(0, "") // over its path, while it is open
+	}
+	for _, c := range slices.Backward(m.closers) {
+		c()
+	}
+}
+
 // migrate runs conns connections to server, each making a request, then
 // changing its path (NAT rebinding for even ones, quic-go's path migration
 // for odd ones) and making three more on the same connection.
@@ -275,61 +344,19 @@ func migrate(t *testing.T, server *net.UDPAddr, conns int, f *migrationFigures) 
 	var wg sync.WaitGroup
 	for i := range conns {
 		wg.Go(func() {
-			fail := func(format string, args ...any) {
+			m, err := dialMigrant(ctx, t, server)
+			defer m.close()
+			if err == nil {
+				f.conns.Add(1)
+				err = m.move(ctx, i%2 == 0)
+			}
+			if err == nil {
+				f.migrations.Add(1)
+				err = m.check(ctx, 3, m.first)
+			}
+			if err != nil {
 				f.failures.Add(1)
-				t.Logf("connection %d: "+format, append([]any{i}, args...)...)
-			}
-			rc := newRebindConn(t, server.IP)
-			tr := &quic.Transport{Conn: rc}
-			defer rc.Close()
-			defer tr.Close()
-			conn, err := tr.Dial(ctx, server, upgradeClientTLS, &quic.Config{MaxIdleTimeout: 30 * time.Second})
-			if err != nil {
-				fail("dial: %v", err)
-				return
-			}
-			defer conn.CloseWithError(0, "")
-			f.conns.Add(1)
-			first, err := request(ctx, conn)
-			if err != nil {
-				fail("request before migrating: %v", err)
-				return
-			}
-			if i%2 == 0 {
-				if err := rc.rebind(); err != nil {
-					fail("rebind: %v", err)
-					return
-				}
-			} else {
-				uc, err := net.ListenUDP("udp", &net.UDPAddr{IP: server.IP})
-				if err != nil {
-					fail("new path: %v", err)
-					return
-				}
-				ptr := &quic.Transport{Conn: uc}
-				defer uc.Close()
-				defer ptr.Close()
-				path, err := conn.AddPath(ptr)
-				if err != nil {
-					fail("AddPath: %v", err)
-					return
-				}
-				if err := path.Probe(ctx); err != nil {
-					fail("Probe: %v", err)
-					return
-				}
-				if err := path.Switch(); err != nil {
-					fail("Switch: %v", err)
-					return
-				}
-			}
-			f.migrations.Add(1)
-			for j := range 3 {
-				a, err := request(ctx, conn)
-				if err != nil || a != first {
-					fail("request %d after migrating: %q, %v; want %q", j, a, err, first)
-					return
-				}
+				t.Logf("connection %d: %v", i, err)
 			}
 		})
 	}

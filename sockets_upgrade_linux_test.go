@@ -4,11 +4,15 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"golang.org/x/net/nettest"
 	"golang.org/x/sys/unix"
 )
 
@@ -90,6 +94,92 @@ func TestUpgradeForeignJoinsAfterReady(t *testing.T) {
 			t.Logf("sockets=%d: %d of %d fresh requests answered by the successor; the foreign socket got %d handshake datagrams", n, ok, tries, got)
 			if ok != tries || got != 0 {
 				t.Errorf("%d of %d fresh requests answered, foreign socket got %d handshake datagrams; want all, 0", ok, tries, got)
+			}
+		})
+	}
+}
+
+// TestUpgradeSocketsMigration: a server with N sockets per generation (2,
+// then 3: the numbers may differ) is upgraded while clients hold
+// connections to the old generation; then every client changes its path
+// (NAT rebinding or quic-go's path migration, half each). Every connection
+// must stay with the old generation, new connections must reach the new
+// one, and the kernel must place nearly every datagram (forwarded and
+// rerouted counts at the old generation's exit).
+func TestUpgradeSocketsMigration(t *testing.T) {
+	for _, c := range []struct{ name, ip string }{{"IPv4", "127.0.0.1"}, {"IPv6", "::1"}} {
+		t.Run(c.name, func(t *testing.T) {
+			if c.ip == "::1" && !nettest.SupportsIPv6() {
+				t.Skip("no IPv6 loopback")
+			}
+			s := startServers(t, upgradeSetup{drain: 10 * time.Second, env: []string{upgradeSocketsEnv + "=2,3"}})
+			first := s.wait("ready", 1)
+			server := net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(c.ip), s.port))
+			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+			defer cancel()
+			const conns = 16
+			ms := make([]*migrant, conns)
+			var failures atomic.Int64
+			var wg sync.WaitGroup
+			for i := range ms {
+				wg.Go(func() {
+					m, err := dialMigrant(ctx, t, server)
+					ms[i] = m
+					if err != nil {
+						failures.Add(1)
+						t.Logf("connection %d: %v", i, err)
+					}
+				})
+			}
+			wg.Wait()
+			defer func() {
+				for _, m := range ms {
+					m.close()
+				}
+			}()
+			want := fmt.Sprintf("pid %d gen 1", first.pid)
+			next := s.upgrade(first)
+			migrated := 0
+			for i, m := range ms {
+				if m.conn == nil {
+					continue
+				}
+				wg.Go(func() {
+					err := m.move(ctx, i%2 == 0)
+					if err == nil {
+						err = m.check(ctx, 3, want)
+					}
+					if err == nil && !strings.HasPrefix(m.first, want) {
+						err = fmt.Errorf("answered by %q before the upgrade, want %q", m.first, want)
+					}
+					if err != nil {
+						failures.Add(1)
+						t.Logf("connection %d: %v", i, err)
+					}
+				})
+				migrated++
+			}
+			wg.Wait()
+			wantNew := fmt.Sprintf("pid %d gen 2", next.pid)
+			fresh := 0
+			for range 8 {
+				if a, err := requestAddr(ctx, server.String()); err == nil && strings.HasPrefix(a, wantNew) {
+					fresh++
+				} else {
+					t.Logf("fresh connection: %q, %v; want %q", a, err, wantNew)
+				}
+			}
+			for _, m := range ms {
+				m.close()
+			}
+			misplaced := s.checkExit(1)
+			t.Logf("%s: sockets 2 then 3, connections %d, migrations %d, failures %d, fresh connections to the successor %d of 8, datagrams the kernel misplaced (forwarded or rerouted) at the old generation %d",
+				c.name, conns, migrated, failures.Load(), fresh, misplaced)
+			if failures.Load() != 0 || migrated != conns || fresh != 8 {
+				t.Errorf("%d failures, %d of %d migrated, %d of 8 fresh connections to the successor", failures.Load(), migrated, conns, fresh)
+			}
+			if misplaced > conns/4 {
+				t.Errorf("the old generation moved %d datagrams the kernel misplaced, want near zero", misplaced)
 			}
 		})
 	}
