@@ -55,6 +55,13 @@ func startInProcOn(t *testing.T, anyPort bool, opts ...UpgradeOption) *inProc {
 // startInProcEnv is startInProcOn with more environment for successors.
 func startInProcEnv(t *testing.T, anyPort bool, env []string, opts ...UpgradeOption) *inProc {
 	t.Helper()
+	return startInProcWith(t, anyPort, env, nil, opts...)
+}
+
+// startInProcWith is startInProcEnv with options for the test process's
+// transport.
+func startInProcWith(t *testing.T, anyPort bool, env []string, topts []TransportOption, opts ...UpgradeOption) *inProc {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -95,7 +102,7 @@ func startInProcEnv(t *testing.T, anyPort bool, env []string, opts ...UpgradeOpt
 		WithUpgradeLogger(slog.New(slog.NewTextHandler(ip.logs, nil)))}, opts...)
 	ip.u = newTestUpgrader(t, opts...)
 	ip.pool = New(WithUpgrader(ip.u))
-	ip.tr, err = ip.pool.Transport(context.Background(), "udp", ":"+strconv.Itoa(asked))
+	ip.tr, err = ip.pool.Transport(context.Background(), "udp", ":"+strconv.Itoa(asked), topts...)
 	if err != nil {
 		t.Fatal(err)
 	}
