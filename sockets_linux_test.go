@@ -82,6 +82,12 @@ func TestWithSocketsErrors(t *testing.T) {
 	}
 	noReuse.Close()
 
+	inherit := New(WithUpgrader(newTestUpgrader(t, WithInheritance(true))))
+	if _, err := inherit.Transport(ctx, "udp4", addr, WithSockets(2)); !errors.Is(err, ErrNoSteering) {
+		t.Errorf("an Upgrader WithInheritance(true) with 2 sockets: %v, want ErrNoSteering", err)
+	}
+	inherit.Close()
+
 	tr, err := p.Transport(ctx, "udp4", addr, WithSockets(3))
 	if err != nil {
 		t.Fatal(err)

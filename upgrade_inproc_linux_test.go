@@ -211,13 +211,18 @@ func requestAddr(ctx context.Context, addr string) (string, error) {
 // (Resumed), take new handshakes back (fresh connections answered by it),
 // keep its connections, log it, and be able to upgrade again.
 func TestUpgradeSuccessorDiesAfterReady(t *testing.T) {
-	for _, mode := range []string{"steer", "inherit"} {
+	for _, mode := range []string{"steer", "inherit", "steer/sockets=2"} {
 		t.Run(mode, func(t *testing.T) {
 			var env []string
-			if mode == "inherit" {
+			var topts []TransportOption
+			switch mode {
+			case "inherit":
 				env = []string{upgradeModeEnv + "=inherit"} // the successor's choice
+			case "steer/sockets=2":
+				env = []string{upgradeSocketsEnv + "=2"}
+				topts = []TransportOption{WithSockets(2)}
 			}
-			ip := startInProcEnv(t, false, env, WithInheritance(mode == "inherit"))
+			ip := startInProcWith(t, false, env, topts, WithInheritance(mode == "inherit"))
 			ln := ip.serve()
 			addr := fmt.Sprintf("127.0.0.1:%d", ip.port)
 			self := fmt.Sprintf("pid %d gen 1", os.Getpid())
