@@ -126,17 +126,6 @@ func (g *sockGroup) snapshot() []steer.Member {
 	return slices.Clone(g.members)
 }
 
-// own returns how many members are this process's sockets.
-func (g *sockGroup) own() int {
-	n := 0
-	for _, s := range g.socks {
-		if s != nil {
-			n++
-		}
-	}
-	return n
-}
-
 // join probes s, just bound for k into the group and not yet read, at the
 // member index the group's known members leave for it (it joined last),
 // and records it as m. prog returns the program for a list of members:
