@@ -438,3 +438,81 @@ func TestSocketsMigration(t *testing.T) {
 		}
 	}
 }
+
+// TestWithSocketsDialNonQUIC: a Transport of several sockets dials from
+// each in turn (the replies, steered by the client's own connection IDs,
+// reach the socket that dialled), and reads non-QUIC datagrams from any.
+func TestWithSocketsDialNonQUIC(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	sp := newPool(t)
+	server := net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t)))
+	str, err := sp.Transport(ctx, "udp4", server.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer str.Close()
+	serveSockets(t, socketsListener(t, str))
+
+	cp := newPool(t)
+	client := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	ctr, err := cp.Transport(ctx, "udp4", client, WithSockets(3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctr.Close()
+	for i := range 6 {
+		conn, err := ctr.Dial(ctx, server, upgradeClientTLS, &quic.Config{MaxIdleTimeout: 30 * time.Second})
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		a, err := request(ctx, conn)
+		conn.CloseWithError(0, "")
+		if err != nil {
+			t.Fatalf("request %d from the transport of 3 sockets: %q, %v", i, a, err)
+		}
+	}
+	dialled := 0
+	for _, s := range cp.Stats() {
+		if s.Rerouted != 0 {
+			t.Errorf("%v: %d datagrams rerouted", s.Key, s.Rerouted)
+		}
+		cp.mu.Lock()
+		if st := cp.entries[s.Key].qt; st != nil && st.fwd.reading.Load() {
+			dialled++ // quic-go reads it: it was dialled from
+		}
+		cp.mu.Unlock()
+	}
+	if dialled != 3 {
+		t.Errorf("%d of 3 sockets dialled from", dialled)
+	}
+
+	tx, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(client)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Close()
+	got := make(chan string, 1)
+	go func() {
+		buf := make([]byte, 64)
+		n, _, err := ctr.ReadNonQUICPacket(ctx, buf)
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		got <- string(buf[:n])
+	}()
+	for {
+		tx.Write([]byte("\x00not quic")) // until the reader has started
+		select {
+		case s := <-got:
+			if s != "\x00not quic" {
+				t.Errorf("ReadNonQUICPacket: %q", s)
+			}
+			return
+		case <-time.After(10 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatal("no non-QUIC datagram read")
+		}
+	}
+}
