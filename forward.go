@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -158,14 +159,23 @@ func (f *forwardConn) serving() bool {
 	return f.st.real != nil
 }
 
-// lookup returns the transport of key, forgetting closed ones.
+// lookup returns the transport of key, forgetting closed ones. A key of a
+// socket index this process does not have (the generations may differ in
+// WithSockets) falls back to the address's first socket, whose reader
+// moves the datagram on to the sibling its ID names.
 func (u *Upgrader) lookup(key string) *forwardConn {
 	u.connsMu.Lock()
 	defer u.connsMu.Unlock()
 	f := u.conns[key]
 	if f != nil && f.Conn.closed.Load() {
 		delete(u.conns, key)
-		return nil
+		f = nil
+	}
+	if base, _, ok := strings.Cut(key, " #"); f == nil && ok {
+		if f = u.conns[base]; f != nil && f.Conn.closed.Load() {
+			delete(u.conns, base)
+			f = nil
+		}
 	}
 	return f
 }

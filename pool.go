@@ -651,6 +651,9 @@ type SocketStats struct {
 	// that the pool closed because no listener could take them: none was
 	// open, or the newest one's accept queue was full.
 	ConnsRefused uint64
+	// ConnsDelivered counts QUIC connections of this socket that a
+	// listener took.
+	ConnsDelivered uint64
 	// Rerouted counts datagrams that reached this socket while their
 	// connection ID named a sibling socket of the address (WithSockets),
 	// and that the pool moved to it: near zero while the kernel steers
@@ -695,6 +698,7 @@ func (p *Pool) Stats() []SocketStats {
 	p.mu.Unlock()
 	for i, st := range transports {
 		stats[i].ConnsRefused = st.refused.Load()
+		stats[i].ConnsDelivered = st.delivered.Load()
 		if st.fwd != nil {
 			stats[i].Rerouted = st.fwd.rerouted.Load()
 		}

@@ -104,7 +104,10 @@ type sockGroup struct {
 	members []steer.Member // by member index
 	socks   []*socket      // this process's socket of each member, else nil
 	quic    bool           // the sockets serve QUIC
-	conns   []*forwardConn // readers of this process's QUIC sockets, by socket index
+	// conns are the readers of this process's QUIC sockets by socket
+	// index, replaced as a whole under mu: the receive path reads them
+	// without a lock, also while a probe holds mu.
+	conns atomic.Pointer[[]*forwardConn]
 
 	// prober is set while a live probe runs: the readers report its marked
 	// datagrams.
@@ -121,17 +124,6 @@ func (g *sockGroup) snapshot() []steer.Member {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return slices.Clone(g.members)
-}
-
-// own returns how many members are this process's sockets.
-func (g *sockGroup) own() int {
-	n := 0
-	for _, s := range g.socks {
-		if s != nil {
-			n++
-		}
-	}
-	return n
 }
 
 // join probes s, just bound for k into the group and not yet read, at the
@@ -187,10 +179,14 @@ func (g *sockGroup) leave(s *socket) {
 			break
 		}
 	}
-	for j, f := range g.conns {
-		if f != nil && f.Conn.entry.sock == s {
-			g.conns[j] = nil
+	if cs := g.conns.Load(); cs != nil {
+		next := slices.Clone(*cs)
+		for j, f := range next {
+			if f != nil && f.Conn.entry.sock == s {
+				next[j] = nil
+			}
 		}
+		g.conns.Store(&next)
 	}
 }
 
@@ -214,20 +210,24 @@ func (g *sockGroup) forget() {
 func (g *sockGroup) setConn(j int, f *forwardConn) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	for len(g.conns) <= j {
-		g.conns = append(g.conns, nil)
+	var next []*forwardConn
+	if cs := g.conns.Load(); cs != nil {
+		next = slices.Clone(*cs)
 	}
-	g.conns[j] = f
+	for len(next) <= j {
+		next = append(next, nil)
+	}
+	next[j] = f
+	g.conns.Store(&next)
 }
 
 // conn returns the reader of socket index j, nil if there is none.
 func (g *sockGroup) conn(j int) *forwardConn {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if j >= len(g.conns) {
+	cs := g.conns.Load()
+	if cs == nil || j >= len(*cs) {
 		return nil
 	}
-	f := g.conns[j]
+	f := (*cs)[j]
 	if f == nil || f.Conn.closed.Load() {
 		return nil
 	}
@@ -251,12 +251,14 @@ func (g *sockGroup) reprobe(prog []bpf.Instruction) (bool, error) {
 			continue
 		}
 		var f *forwardConn
-		for _, c := range g.conns {
-			if c != nil && c.Conn.entry.sock == s {
-				f = c
+		if cs := g.conns.Load(); cs != nil {
+			for _, c := range *cs {
+				if c != nil && c.Conn.entry.sock == s {
+					f = c
+				}
 			}
 		}
-		if f == nil || !f.reading.Load() {
+		if f == nil || !f.reading.Load() || f.Conn.closed.Load() {
 			return false, nil
 		}
 		fs, ss, ms = append(fs, f), append(ss, s), append(ms, g.members[i])

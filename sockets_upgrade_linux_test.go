@@ -4,24 +4,28 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"golang.org/x/net/nettest"
 	"golang.org/x/sys/unix"
 )
 
-// foreignReusePort binds a plain same-user SO_REUSEPORT socket on port of
-// network, as a stale server or another program of the user would.
-func foreignReusePort(t *testing.T, network string, port uint16) *net.UDPConn {
+// foreignReusePort binds a plain same-user SO_REUSEPORT socket to address
+// of network, as a stale server or another program of the user would.
+func foreignReusePort(t *testing.T, network, address string) *net.UDPConn {
 	t.Helper()
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) })
 		return serr
 	}}
-	pc, err := lc.ListenPacket(context.Background(), network, fmt.Sprintf(":%d", port))
+	pc, err := lc.ListenPacket(context.Background(), network, address)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,25 +52,27 @@ func handshakesOn(c *net.UDPConn) int {
 // TestUpgradeForeignJoinsAfterReady is issue 18's open case: a plain
 // same-user SO_REUSEPORT socket joins the port after the successor's Ready
 // (behind both generations' sockets); when the predecessor exits, the
-// kernel moves that last member into the predecessor's vacated slot 0. The
+// kernel moves the last members into the predecessor's vacated slots. The
 // successor must find out (it probes the group again when its predecessor
 // is gone) and keep every new handshake: the foreign socket gets none.
 func TestUpgradeForeignJoinsAfterReady(t *testing.T) {
-	for _, n := range []int{1, 2} {
-		t.Run(fmt.Sprintf("sockets=%d", n), func(t *testing.T) {
-			ip := startInProcEnv(t, false, []string{fmt.Sprintf("%s=%d", upgradeSocketsEnv, n)})
+	for _, c := range []struct{ pred, n int }{{1, 1}, {1, 2}, {2, 1}, {2, 2}} {
+		t.Run(fmt.Sprintf("sockets=%d,%d", c.pred, c.n), func(t *testing.T) {
+			n := c.n
+			ip := startInProcWith(t, false, []string{fmt.Sprintf("%s=%d", upgradeSocketsEnv, n)}, []TransportOption{WithSockets(c.pred)})
 			ip.serve()
 			if err := waitErr(t, ip.upgradeAsync(), "Upgrade"); err != nil {
 				t.Fatal(err)
 			}
 			next := ip.wait("ready", 2)
 			waitClosed(t, ip.u.Exit(), "Exit")
-			foreign := foreignReusePort(t, "udp", ip.port)
+			foreign := foreignReusePort(t, "udp", fmt.Sprintf(":%d", ip.port))
 			ip.tr.Close()
 			if err := ip.u.Stop(); err != nil {
 				t.Fatal(err)
 			}
-			ip.waitContains("predecessor gone")
+			// The successor logs what it found after it steers by it.
+			ip.waitContains("a socket outside the process line is in the reuseport group")
 			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 			defer cancel()
 			want := fmt.Sprintf("pid %d gen 2", next.pid)
@@ -87,9 +93,95 @@ func TestUpgradeForeignJoinsAfterReady(t *testing.T) {
 				}
 			}
 			got := handshakesOn(foreign)
-			t.Logf("sockets=%d: %d of %d fresh requests answered by the successor; the foreign socket got %d handshake datagrams", n, ok, tries, got)
+			t.Logf("sockets %d then %d: %d of %d fresh requests answered by the successor; the foreign socket got %d handshake datagrams", c.pred, n, ok, tries, got)
 			if ok != tries || got != 0 {
 				t.Errorf("%d of %d fresh requests answered, foreign socket got %d handshake datagrams; want all, 0", ok, tries, got)
+			}
+		})
+	}
+}
+
+// TestUpgradeSocketsMigration: a server with N sockets per generation (2,
+// then 3: the numbers may differ) is upgraded while clients hold
+// connections to the old generation; then every client changes its path
+// (NAT rebinding or quic-go's path migration, half each). Every connection
+// must stay with the old generation, new connections must reach the new
+// one, and the kernel must place nearly every datagram (forwarded and
+// rerouted counts at the old generation's exit).
+func TestUpgradeSocketsMigration(t *testing.T) {
+	for _, c := range []struct{ name, ip string }{{"IPv4", "127.0.0.1"}, {"IPv6", "::1"}} {
+		t.Run(c.name, func(t *testing.T) {
+			if c.ip == "::1" && !nettest.SupportsIPv6() {
+				t.Skip("no IPv6 loopback")
+			}
+			s := startServers(t, upgradeSetup{drain: 10 * time.Second, env: []string{upgradeSocketsEnv + "=2,3"}})
+			first := s.wait("ready", 1)
+			server := net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(c.ip), s.port))
+			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+			defer cancel()
+			const conns = 16
+			ms := make([]*migrant, conns)
+			var failures atomic.Int64
+			var wg sync.WaitGroup
+			for i := range ms {
+				wg.Go(func() {
+					m, err := dialMigrant(ctx, t, server)
+					ms[i] = m
+					if err != nil {
+						failures.Add(1)
+						t.Logf("connection %d: %v", i, err)
+					}
+				})
+			}
+			wg.Wait()
+			defer func() {
+				for _, m := range ms {
+					m.close()
+				}
+			}()
+			want := fmt.Sprintf("pid %d gen 1", first.pid)
+			next := s.upgrade(first)
+			migrated := 0
+			for i, m := range ms {
+				if m.conn == nil {
+					continue
+				}
+				wg.Go(func() {
+					err := m.move(ctx, i%2 == 0)
+					if err == nil {
+						err = m.check(ctx, 3, want)
+					}
+					if err == nil && !strings.HasPrefix(m.first, want) {
+						err = fmt.Errorf("answered by %q before the upgrade, want %q", m.first, want)
+					}
+					if err != nil {
+						failures.Add(1)
+						t.Logf("connection %d: %v", i, err)
+					}
+				})
+				migrated++
+			}
+			wg.Wait()
+			wantNew := fmt.Sprintf("pid %d gen 2", next.pid)
+			fresh := 0
+			for range 8 {
+				if a, err := requestAddr(ctx, server.String()); err == nil && strings.HasPrefix(a, wantNew) {
+					fresh++
+				} else {
+					t.Logf("fresh connection: %q, %v; want %q", a, err, wantNew)
+				}
+			}
+			for _, m := range ms {
+				m.close()
+			}
+			misplaced := s.checkExit(1)
+			t.Logf("%s: sockets 2 then 3, connections %d, migrations %d, failures %d, fresh connections to the successor %d of 8, datagrams the kernel misplaced (forwarded or rerouted) at the old generation %d",
+				c.name, conns, migrated, failures.Load(), fresh, misplaced)
+			if failures.Load() != 0 || migrated != conns || fresh != 8 {
+				t.Errorf("%d failures, %d of %d migrated, %d of 8 fresh connections to the successor", failures.Load(), migrated, conns, fresh)
+			}
+			if misplaced > conns/4 {
+				t.Errorf("the old generation moved %d datagrams the kernel misplaced, want near zero", misplaced)
 			}
 		})
 	}

@@ -458,8 +458,10 @@ type sharedTransport struct {
 	packets  chan nonQUICPacket
 
 	// refused counts handshaken connections the pool closed because no
-	// listener could take them (none open, or its queue full).
-	refused atomic.Uint64
+	// listener could take them (none open, or its queue full); delivered
+	// those a listener took.
+	refused   atomic.Uint64
+	delivered atomic.Uint64
 }
 
 type nonQUICPacket struct {
@@ -562,7 +564,7 @@ func (st *sharedTransport) newQUICTransport() *quic.Transport {
 	}
 	user := qt.ConnContext
 	qt.ConnContext = func(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
-		r := new(route)
+		r := &route{st: st}
 		// quic-go cancels the context it passes here when the
 		// connection closes: a handshake that fails is settled then.
 		context.AfterFunc(ctx, r.settle)
@@ -806,7 +808,8 @@ func (st *sharedTransport) pickLocked(protos []string, fallback bool) *Listener 
 type routeKey struct{}
 
 type route struct {
-	l atomic.Pointer[Listener]
+	l  atomic.Pointer[Listener]
+	st *sharedTransport // the socket's transport that the connection lives on
 
 	mu      sync.Mutex
 	settled bool // delivered, refused or closed: no longer in l's handshakes
@@ -916,6 +919,7 @@ func (st *sharedTransport) deliver(conn *quic.Conn, l *Listener) {
 			return
 		}
 		if l.push(conn, st) {
+			st.delivered.Add(1)
 			settle(conn)
 			return
 		}

@@ -40,9 +40,11 @@ func (u *Upgrader) predecessorInodesLocked(k Key) []uint64 {
 // every group, while no other generation runs. A group whose sockets are
 // not all read by a transport of this process cannot be probed live; it
 // is taken to hold this process's sockets alone, in index order, as the
-// kernel has it when nobody else joined. u.mu must be held.
-func (u *Upgrader) reprobe() error {
+// kernel has it when nobody else joined. It returns the groups with
+// foreign members. u.mu must be held.
+func (u *Upgrader) reprobe() ([]*sockGroup, error) {
 	var errs []error
+	var foreign []*sockGroup
 	for _, g := range u.groups {
 		g.mu.Lock()
 		ms, quic := slices.Clone(g.members), g.quic
@@ -54,12 +56,11 @@ func (u *Upgrader) reprobe() error {
 		if !ok {
 			g.forget()
 		}
-		if idx := g.foreignMembers(); len(idx) > 0 {
-			u.log.Error("udppool: a socket outside the process line is in the reuseport group; it gets nothing",
-				keyAttr(g.key), slog.Any("members", idx), slog.Any("found", foreignError(g.key, u.groupInodes(g))))
+		if len(g.foreignMembers()) > 0 {
+			foreign = append(foreign, g)
 		}
 	}
-	return errors.Join(errs...)
+	return foreign, errors.Join(errs...)
 }
 
 // groupInodes returns the inodes of this process's sockets in g.
@@ -352,9 +353,19 @@ var attachProgram = attachSteering
 // a foreign one perhaps (see sockGroup.reprobe). u.mu must be held.
 func (u *Upgrader) resteer() error {
 	var errs []error
+	var foreign []*sockGroup
 	if u.pred == nil && u.succ == nil {
-		errs = append(errs, u.reprobe())
+		var err error
+		foreign, err = u.reprobe()
+		errs = append(errs, err)
 	}
+	defer func() {
+		// After the programs: a reader of the log may rely on them.
+		for _, g := range foreign {
+			u.log.Error("udppool: a socket outside the process line is in the reuseport group; it gets nothing",
+				keyAttr(g.key), slog.Any("members", g.foreignMembers()), slog.Any("found", foreignError(g.key, u.groupInodes(g))))
+		}
+	}()
 	for k, s := range u.socks {
 		if err := u.steer(k, s); err != nil {
 			if errors.Is(err, net.ErrClosed) || errors.Is(err, errBadDescriptor) {

@@ -41,7 +41,7 @@ const (
 	upgradeTrustEnv   = "UDPPOOL_TEST_UPGRADE_TRUST"   // set: no WithRefuseForeign, the Upgrader's own check alone
 	upgradeWatchEnv   = "UDPPOOL_TEST_UPGRADE_WATCH"   // a descriptor that reads EOF once the test process is gone
 	upgradePlainEnv   = "UDPPOOL_TEST_UPGRADE_PLAIN"   // an address on which to echo plain datagrams with "gen G"
-	upgradeSocketsEnv = "UDPPOOL_TEST_UPGRADE_SOCKETS" // the number of sockets of the transport (WithSockets)
+	upgradeSocketsEnv = "UDPPOOL_TEST_UPGRADE_SOCKETS" // sockets of the transport (WithSockets), by generation: "2,3" is 2 for odd, 3 for even ones
 	// watchFD is where every generation keeps the watch descriptor, open
 	// across exec: above those that exec.Cmd.ExtraFiles numbers.
 	watchFD       = 200
@@ -126,7 +126,11 @@ func upgradeChild(port string) error {
 	pid, gen := os.Getpid(), u.Generation()
 	// Refusing foreign sockets must not refuse the predecessor's.
 	p := New(WithUpgrader(u), WithRefuseForeign(os.Getenv(upgradeTrustEnv) == ""))
-	tr, err := p.Transport(context.Background(), "udp", ":"+port)
+	var topts []TransportOption
+	if n := childSockets(gen); n > 0 {
+		topts = append(topts, WithSockets(n))
+	}
+	tr, err := p.Transport(context.Background(), "udp", ":"+port, topts...)
 	if err != nil {
 		return err
 	}
@@ -220,6 +224,12 @@ wait:
 	cancel()
 	fmt.Printf("drained pid %d gen %d forced %t\n", pid, gen, forced)
 	<-served
+	// Datagrams the kernel placed wrong: moved to a sibling socket here,
+	// or forwarded to the other generation (below).
+	var rerouted uint64
+	for _, s := range p.Stats() {
+		rerouted += s.Rerouted
+	}
 	tr.Close()
 	if err := u.Stop(); err != nil {
 		return err
@@ -230,8 +240,27 @@ wait:
 		goleak.IgnoreAnyFunction("github.com/udppool/udppool.watchTest.func1")); err != nil {
 		leaks = strconv.Quote(err.Error())
 	}
-	fmt.Printf("exit pid %d gen %d sockets %d leaks %s forwarded %d\n", pid, gen, openSockets(), leaks, u.forwarded.Load())
+	fmt.Printf("exit pid %d gen %d sockets %d leaks %s forwarded %d\n", pid, gen, openSockets(), leaks, u.forwarded.Load()+rerouted)
 	return nil
+}
+
+// childSockets returns the socket count of generation gen from
+// upgradeSocketsEnv, 0 if it names none.
+func childSockets(gen uint16) int { return socketsFor(os.Getenv(upgradeSocketsEnv), gen) }
+
+// socketsFor returns the socket count of generation gen from v, a value of
+// upgradeSocketsEnv, or from the variable's setting in v's place ("NAME=v").
+func socketsFor(v string, gen uint16) int {
+	v = strings.TrimPrefix(v, upgradeSocketsEnv+"=")
+	if v == "" {
+		return 0
+	}
+	counts := strings.Split(v, ",")
+	n, err := strconv.Atoi(counts[(int(gen)-1)%len(counts)])
+	if err != nil {
+		return 0
+	}
+	return n
 }
 
 func serveConn(conn *quic.Conn, answer func() string) {

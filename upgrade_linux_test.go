@@ -475,6 +475,8 @@ func TestUpgradeUnderLoad(t *testing.T) {
 		{"root/steer", upgradeSetup{drain: 10 * time.Second}},
 		{"nobody/steer", upgradeSetup{uid: 65534, drain: 10 * time.Second}},
 		{"root/inherit", upgradeSetup{mode: "inherit", drain: 10 * time.Second}},
+		// Several sockets per generation, their number changing.
+		{"root/steer/sockets=2,3", upgradeSetup{drain: 10 * time.Second, env: []string{upgradeSocketsEnv + "=2,3"}}},
 		{"nobody/inherit", upgradeSetup{uid: 65534, mode: "inherit", drain: 10 * time.Second}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -487,8 +489,14 @@ func TestUpgradeUnderLoad(t *testing.T) {
 				old := cur
 				cur = s.upgrade(old)
 				forwarded += s.checkExit(old.gen)
-				if n := s.members(); n != 1 {
-					t.Errorf("after generation %d exited: %d sockets on the port, want 1", old.gen, n)
+				want := 1
+				for _, e := range c.setup.env {
+					if strings.HasPrefix(e, upgradeSocketsEnv+"=") {
+						want = socketsFor(e, uint16(cur.gen))
+					}
+				}
+				if n := s.members(); n != want {
+					t.Errorf("after generation %d exited: %d sockets on the port, want %d", old.gen, n, want)
 				}
 			}
 			// Where the kernel steers, a process forwards only the odd
