@@ -113,9 +113,10 @@ func clientMain(args []string) int {
 	return 0
 }
 
-// A clientConn is one connection on a UDP socket of its own, so that the
-// kernel's hash of its 4-tuple spreads the connections over the server's
-// sockets as it spreads a real server's clients.
+// A clientConn is one connection on a UDP socket of its own, as real
+// clients have: the server's sockets see as many 4-tuples as connections,
+// whichever way the group spreads new handshakes (by destination
+// connection ID, or the kernel's hash of the 4-tuple).
 type clientConn struct {
 	uc   *net.UDPConn
 	tr   *quic.Transport

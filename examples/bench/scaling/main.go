@@ -30,9 +30,8 @@
 //     new UDP socket, one after another; handshakes/s and server CPU per
 //     handshake.
 //
-// Each connection has a UDP socket of its own, so the kernel's hash of
-// its 4-tuple spreads connections over the server's sockets as it spreads
-// real clients.
+// Each connection has a UDP socket of its own, as real clients have; the
+// server's reuseport program spreads their handshakes over its sockets.
 //
 // Targets, printed with a verdict (see -gate): throughput at N = the
 // server's cores at least 0.8 x cores x throughput at N = 1, judged only
