@@ -121,6 +121,7 @@ func measure(e *env, w workload, n, round int) (sample, error) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, e.self, args...)
 	cmd.WaitDelay = 5 * time.Second
+	cmd.SysProcAttr = childAttr()
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()
