@@ -66,6 +66,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/udppool/udppool"
 	"github.com/udppool/udppool/udppooltest/testca"
 )
 
@@ -107,7 +108,7 @@ func parseFlags(args []string, stderr io.Writer) (config, []int, error) {
 	var c config
 	fs.IntVar(&c.rounds, "rounds", 3, "interleaved rounds; medians are reported")
 	fs.DurationVar(&c.duration, "duration", time.Second, "measured window of each workload per round")
-	socketsFlag := fs.String("sockets", "", "socket counts to compare, comma-separated, 1 first (default 1, 2, 4 ... up to the number of CPUs)")
+	socketsFlag := fs.String("sockets", "", "socket counts to compare, comma-separated, 1 first (default 1, 2, 4 ... up to the number of CPUs or udppool.MaxSockets)")
 	connsFlag := fs.String("conns", "16,64,256", "connection counts of the bulk and rr workloads, comma-separated")
 	fs.IntVar(&c.dialers, "dialers", 16, "concurrent dialers of the handshakes workload")
 	runFlag := fs.String("run", "", "run only the workloads whose name (as in the table) matches this regular expression")
@@ -152,19 +153,20 @@ func parseFlags(args []string, stderr io.Writer) (config, []int, error) {
 		}
 	}
 	if *socketsFlag == "" {
-		for n := 1; n < len(all); n *= 2 {
+		top := min(len(all), udppool.MaxSockets)
+		for n := 1; n < top; n *= 2 {
 			c.sockets = append(c.sockets, n)
 		}
-		c.sockets = append(c.sockets, len(all))
+		c.sockets = append(c.sockets, top)
 	} else if c.sockets, err = parseInts(*socketsFlag); err != nil {
 		return c, nil, fmt.Errorf("-sockets: %w", err)
 	}
 	if c.sockets[0] != 1 {
 		return c, nil, fmt.Errorf("-sockets %s: the first count must be 1, the baseline", *socketsFlag)
 	}
-	for _, n := range c.sockets {
-		if n < 1 || n > 256 {
-			return c, nil, fmt.Errorf("-sockets %d: want 1 to 256", n)
+	for i, n := range c.sockets {
+		if n < 1 || n > udppool.MaxSockets || slices.Contains(c.sockets[:i], n) {
+			return c, nil, fmt.Errorf("-sockets %s: want different counts from 1 to %d", *socketsFlag, udppool.MaxSockets)
 		}
 	}
 	if *runFlag != "" {

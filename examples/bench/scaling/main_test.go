@@ -102,6 +102,8 @@ func TestProgram(t *testing.T) {
 	// Bad flags: exit 2, with the reason.
 	for _, args := range [][]string{
 		{"-sockets", "2,1"},
+		{"-sockets", "1,2,2"},
+		{"-sockets", "1,33"},
 		{"-rounds", "0"},
 		{"-run", "nothing matches this"},
 		{"-resp", "70000"},
