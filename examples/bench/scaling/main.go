@@ -1,7 +1,8 @@
 // Command scaling measures how a QUIC server on one pooled address scales
 // with the number of sockets serving it (udppool.WithSockets): N = 1, 2,
-// 4 ... up to the number of CPUs, each against the same workloads, in
-// interleaved rounds, with ratios against N = 1 measured in the same run.
+// 4 ... up to the number of CPUs (at most udppool.MaxSockets), each
+// against the same workloads, in interleaved rounds, with ratios against
+// N = 1 measured in the same run.
 //
 //	go run ./examples/bench/scaling            # a table
 //	go run ./examples/bench/scaling -json      # one JSON object (the table goes to standard error)
