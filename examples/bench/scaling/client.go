@@ -31,8 +31,9 @@ const (
 	lineResult = "result "
 )
 
-// maxOps bounds the requests of one connection and the handshakes of one
-// dialer in a measurement, whatever its duration.
+// maxOps bounds the requests of one connection, the handshakes of one
+// dialer and the 64 KiB writes of one upload in a measurement, whatever
+// its duration.
 const maxOps = 1 << 20
 
 // maxSamples bounds the latencies one connection keeps.
@@ -317,13 +318,14 @@ func upload(ctx context.Context, conn *quic.Conn, deadline time.Time, sent *atom
 		return ignoreEnd(ctx, err)
 	}
 	chunk := make([]byte, 64<<10)
-	for {
+	for range maxOps {
 		n, err := st.Write(chunk)
 		sent.Add(int64(n))
 		if err != nil {
 			return ignoreEnd(ctx, err)
 		}
 	}
+	return nil
 }
 
 // request sends one request on a new stream and reads the response.
