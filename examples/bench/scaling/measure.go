@@ -168,6 +168,10 @@ func measure(e *env, w workload, n, round int) (sample, error) {
 			}
 		}
 	}
+	if prof != nil && !stopped { // the client died inside its window
+		pprof.StopCPUProfile()
+		prof.Close()
+	}
 	werr := cmd.Wait()
 	cerr := srv.close()
 	switch {
