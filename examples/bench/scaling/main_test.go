@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -49,8 +50,9 @@ func TestProgram(t *testing.T) {
 	}
 
 	const sockets = "1,2"
+	profiles := t.TempDir()
 	out, errOut, code := run("-rounds", "1", "-duration", "100ms", "-conns", "2", "-dialers", "2",
-		"-sockets", sockets, "-steering=false", "-gate=false", "-json")
+		"-sockets", sockets, "-steering=false", "-gate=false", "-json", "-cpuprofile", profiles)
 	if code != 0 {
 		t.Fatalf("exit %d\n%s", code, errOut)
 	}
@@ -86,6 +88,15 @@ func TestProgram(t *testing.T) {
 	}
 	for name := range want {
 		t.Errorf("no row %s", name)
+	}
+	// A profile of the server for each window: 3 workloads at 2 counts.
+	for _, w := range []string{"bulk_2", "rr_2", "handshakes_2"} {
+		for s := range strings.SplitSeq(sockets, ",") {
+			name := filepath.Join(profiles, w+"_n"+s+"_r0.pprof")
+			if fi, err := os.Stat(name); err != nil || fi.Size() == 0 {
+				t.Errorf("profile %s: %v", name, err)
+			}
+		}
 	}
 	if len(res.Targets) == 0 {
 		t.Error("no targets")
