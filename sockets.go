@@ -271,7 +271,9 @@ func (g *sockGroup) reprobe(prog []bpf.Instruction) (bool, error) {
 		lp.slot[f] = i
 	}
 	g.prober.Store(lp)
-	index, _, err := lp.p.Run(ss[0].raw, ss[0].laddr, len(fs), 0, prog, probeWait)
+	// Busy readers answer late: wait longer than for a socket nobody
+	// reads yet (a foreign member costs the wait).
+	index, _, err := lp.p.Run(ss[0].raw, ss[0].laddr, len(fs), 0, prog, 4*probeWait)
 	g.prober.Store(nil)
 	if err != nil {
 		return false, fmt.Errorf("probing the reuseport group of %v: %w", g.key, err)

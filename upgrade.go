@@ -137,6 +137,12 @@ type Upgrader struct {
 	predMembers map[Key][]steer.Member
 	groups      map[Key]*sockGroup
 	inherited   map[Key]*os.File // the predecessor's sockets, not (yet) used
+	// predDups hold the predecessor's sockets of the addresses this
+	// process joined, so that they stay in the reuseport groups after the
+	// predecessor closes them, until this process takes them out one by
+	// one, each with the program for the order the kernel leaves
+	// (closePredecessorSockets).
+	predDups map[Key]*os.File
 	// tcp holds this process's copy of each TCP listening socket (see
 	// Listen), by the spelling it was asked for; tcpInherited those of the
 	// predecessor nobody has listened on yet.
@@ -301,6 +307,7 @@ func newUpgrader(env string, started bool, opts ...UpgradeOption) (*Upgrader, er
 		predKeys:     make(map[Key]bool),
 		predInodes:   make(map[Key]uint64),
 		inherited:    make(map[Key]*os.File),
+		predDups:     make(map[Key]*os.File),
 		tcp:          make(map[spelling]*os.File),
 		tcpInherited: make(map[spelling]*os.File),
 		ephemeral:    make(map[Key]bool),

@@ -123,12 +123,12 @@ func (u *Upgrader) bind(ctx context.Context, p *Pool, k Key, o bindOpts) (*socke
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if f != nil {
-		f.Close()
-		delete(u.inherited, k)
-	}
 	if predHolds {
 		u.joined[k] = true
+		u.holdPredecessorSockets(k) // f among them
+	} else if f != nil {
+		f.Close()
+		delete(u.inherited, k)
 	}
 	if err := u.steer(k, s); err != nil {
 		s.conn.Close()
@@ -136,6 +136,75 @@ func (u *Upgrader) bind(ctx context.Context, p *Pool, k Key, o bindOpts) (*socke
 	}
 	u.socks[k] = s
 	return s, nil
+}
+
+// holdPredecessorSockets keeps the predecessor's sockets of k's address
+// (this process has duplicates of their descriptors, from the hello) until
+// closePredecessorSockets: while this process holds them, the predecessor's
+// own close does not take them out of the reuseport group, so the kernel
+// does not move this process's sockets into their slots behind its back,
+// between the predecessor's exit and this process's hearing of it. Nobody
+// reads them then; the program sends them only the predecessor's
+// connections' datagrams, which have ended. u.mu must be held.
+func (u *Upgrader) holdPredecessorSockets(k Key) {
+	for pk, f := range u.inherited {
+		if pk.base() == k.base() {
+			u.predDups[pk] = f
+			delete(u.inherited, pk)
+		}
+	}
+}
+
+// closePredecessorSockets takes the predecessor's sockets out of the
+// reuseport groups, once it is gone, one at a time: the kernel moves the
+// last member into the slot of each, so this process knows the order that
+// results, and attaches the program for it right after each close. u.mu
+// must be held.
+func (u *Upgrader) closePredecessorSockets() error {
+	var errs []error
+	for _, g := range u.groups {
+		for {
+			g.mu.Lock()
+			i, f := -1, (*os.File)(nil)
+			for j := len(g.members) - 1; j >= 0; j-- {
+				m := g.members[j]
+				k := g.key
+				k.Socket = int(m.Socket)
+				if g.socks[j] == nil && !m.Foreign && m.Gen != u.gen && u.predDups[k] != nil {
+					i, f = j, u.predDups[k]
+					delete(u.predDups, k)
+					break
+				}
+			}
+			var own *socket
+			if i >= 0 {
+				f.Close()
+				last := len(g.members) - 1
+				g.members[i], g.socks[i] = g.members[last], g.socks[last]
+				g.members, g.socks = g.members[:last], g.socks[:last]
+				for _, s := range g.socks {
+					if s != nil {
+						own = s
+					}
+				}
+			}
+			ms, quic := slices.Clone(g.members), g.quic
+			g.mu.Unlock()
+			if i < 0 {
+				break
+			}
+			if own != nil {
+				if err := attachProgram(own.raw, u.mode(g.key).program(ms, quic)); err != nil {
+					errs = append(errs, fmt.Errorf("steering %v: %w", g.key, err))
+				}
+			}
+		}
+	}
+	for k, f := range u.predDups { // of members the group did not list
+		f.Close()
+		delete(u.predDups, k)
+	}
+	return errors.Join(errs...)
 }
 
 // predHolds reports whether the predecessor holds a socket of k's address.
@@ -355,6 +424,7 @@ func (u *Upgrader) resteer() error {
 	var errs []error
 	var foreign []*sockGroup
 	if u.pred == nil && u.succ == nil {
+		errs = append(errs, u.closePredecessorSockets())
 		var err error
 		foreign, err = u.reprobe()
 		errs = append(errs, err)

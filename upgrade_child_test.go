@@ -230,6 +230,7 @@ wait:
 	for _, s := range p.Stats() {
 		rerouted += s.Rerouted
 	}
+	fmt.Printf("misplaced pid %d gen %d forwarded %d rerouted %d\n", pid, gen, u.forwarded.Load(), rerouted)
 	tr.Close()
 	if err := u.Stop(); err != nil {
 		return err

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -166,6 +167,23 @@ func (p *Prober) Run(raw syscall.RawConn, addr *net.UDPAddr, n, from int, prog [
 		index[j] = -1
 	}
 	found := 0
+	// record takes a socket's answer, also a late one for an index probed
+	// before (a reader that was slow to report it, as a busy one may be:
+	// the kernel placed the datagram when it was sent, so the answer holds).
+	// An answer for another index from a socket found already means a
+	// marked datagram went past the group's end and the kernel hashed it.
+	record := func(h hit) error {
+		switch {
+		case h.sock < 0 || h.sock >= n:
+		case index[h.sock] < 0:
+			index[h.sock] = int(h.i)
+			found++
+			foreign = slices.DeleteFunc(foreign, func(f int) bool { return f == int(h.i) })
+		case index[h.sock] != int(h.i):
+			return notMembers(addr, index)
+		}
+		return nil
+	}
 	// A marked datagram for an index past the group's end goes where the
 	// kernel's hash sends it, which may be a foreign member: Run gives up
 	// after maxForeign of them.
@@ -181,25 +199,32 @@ func (p *Prober) Run(raw syscall.RawConn, addr *net.UDPAddr, n, from int, prog [
 			return nil, nil, fmt.Errorf("probe of %v: %w", addr, err)
 		}
 		timer.Reset(wait)
-	read:
-		for {
+		answered := false
+		for !answered && found < n {
 			select {
 			case h := <-p.hits:
-				if h.i != i || h.sock < 0 || h.sock >= n {
-					continue // a late answer to an earlier index
+				if err := record(h); err != nil {
+					return nil, nil, err
 				}
-				if index[h.sock] >= 0 {
-					// i is past the group's end: the kernel hashed it.
-					return nil, nil, notMembers(addr, index)
-				}
-				index[h.sock] = int(i)
-				found++
-				break read
+				answered = h.i == i
 			case <-timer.C:
 				foreign = append(foreign, int(i))
-				break read
+				answered = true
 			}
 		}
+	}
+	// Late answers of slow readers, for as long again.
+	timer.Reset(wait)
+	for found < n {
+		select {
+		case h := <-p.hits:
+			if err := record(h); err != nil {
+				return nil, nil, err
+			}
+			continue
+		case <-timer.C:
+		}
+		break
 	}
 	if found < n {
 		return nil, nil, notMembers(addr, index)
