@@ -129,11 +129,9 @@ func TestUpgrade(t *testing.T) {
 			}
 			s.reap(first.pid)
 			// The successor bound sockets of its own; once the first
-			// server is gone, they are all the port has.
-			if got, all := heldUDPSockets(t, port, next.pid), udpSockets(t, port); len(got) != upgradeSockets || len(all) != upgradeSockets {
-				t.Errorf("after the upgrade the successor holds %d UDP sockets on port %d and the port has %d, want %d: %v of %v",
-					len(got), port, len(all), upgradeSockets, got, all)
-			}
+			// server is gone and the successor has let go of the copies
+			// of its sockets it held meanwhile, they are all the port has.
+			waitSockets(t, port, next.pid, upgradeSockets)
 			ka.waitFor(t, "20 more answers of the successor", func() bool { return ka.answers[next.answer] >= 40 })
 			tcp.waitFor(t, "20 answers of the successor over TCP", func() bool { return tcp.answers[next.answer] >= 20 })
 			cancel()
