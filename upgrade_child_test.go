@@ -238,15 +238,25 @@ wait:
 	draining.Store(true)
 	grace, _ := time.ParseDuration(os.Getenv(upgradeDrainEnv))
 	ctx, cancel := context.WithTimeout(context.Background(), max(grace, time.Second))
-	openMu.Lock()
+	// Which connections were open when the grace ended (a snapshot
+	// before Shutdown closes them).
 	var stuck []string
-	if ln.Shutdown(ctx) != nil {
+	snapped := make(chan struct{})
+	cut := context.AfterFunc(ctx, func() {
+		defer close(snapped)
+		openMu.Lock()
+		defer openMu.Unlock()
 		for conn := range open {
 			stuck = append(stuck, fmt.Sprintf("socket %d from %v", socketOf(conn), conn.RemoteAddr()))
 		}
+	})
+	forced := ln.Shutdown(ctx) != nil
+	if !cut() {
+		<-snapped
 	}
-	openMu.Unlock()
-	forced := stuck != nil
+	if !forced {
+		stuck = nil
+	}
 	cancel()
 	if forced {
 		fmt.Printf("stuck pid %d gen %d: %s\n", pid, gen, strings.Join(stuck, ", "))
