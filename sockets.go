@@ -136,7 +136,7 @@ func (g *sockGroup) join(k Key, s *socket, m steer.Member, prog func([]steer.Mem
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	want := len(g.members)
-	index, _, err := probeFrom([]*net.UDPConn{s.conn}, want, prog(g.members), probeWait)
+	index, _, err := steer.ProbeFrom([]*net.UDPConn{s.conn}, want, prog(g.members), probeWait)
 	if err != nil || index[0] != want {
 		ours[s.inode] = true
 		for _, o := range g.socks {
@@ -162,9 +162,6 @@ func (g *sockGroup) join(k Key, s *socket, m steer.Member, prog func([]steer.Mem
 	}
 	return nil
 }
-
-// probeFrom is steer.ProbeFrom, replaced by tests.
-var probeFrom = steer.ProbeFrom
 
 // leave forgets s, which is closing, as the kernel does: the last member
 // takes its slot.

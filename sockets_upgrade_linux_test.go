@@ -71,8 +71,7 @@ func TestUpgradeForeignJoinsAfterReady(t *testing.T) {
 			if err := ip.u.Stop(); err != nil {
 				t.Fatal(err)
 			}
-			// The successor logs what it found after it steers by it.
-			ip.waitContains("a socket outside the process line is in the reuseport group")
+			ip.wait("alone", 2)
 			ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 			defer cancel()
 			want := fmt.Sprintf("pid %d gen 2", next.pid)

@@ -19,6 +19,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -181,6 +182,9 @@ func upgradeChild(port string) error {
 		return s
 	}
 	served := make(chan struct{})
+	// The open connections, to say which ones a forced drain cut.
+	var openMu sync.Mutex
+	open := make(map[*quic.Conn]bool)
 	go func() {
 		defer close(served)
 		for {
@@ -188,6 +192,14 @@ func upgradeChild(port string) error {
 			if err != nil {
 				return
 			}
+			openMu.Lock()
+			open[conn] = true
+			openMu.Unlock()
+			context.AfterFunc(conn.Context(), func() {
+				openMu.Lock()
+				delete(open, conn)
+				openMu.Unlock()
+			})
 			go serveConn(conn, answer)
 		}
 	}()
@@ -200,6 +212,12 @@ func upgradeChild(port string) error {
 		return err
 	}
 	fmt.Printf("ready pid %d gen %d\n", pid, gen)
+	if u.HasPredecessor() {
+		go func() {
+			<-u.predGone // after the programs for this process alone
+			fmt.Printf("alone pid %d gen %d\n", pid, gen)
+		}()
+	}
 	upgraded := make(chan error, 1)
 wait:
 	for {
@@ -220,8 +238,29 @@ wait:
 	draining.Store(true)
 	grace, _ := time.ParseDuration(os.Getenv(upgradeDrainEnv))
 	ctx, cancel := context.WithTimeout(context.Background(), max(grace, time.Second))
+	// Which connections were open when the grace ended (a snapshot
+	// before Shutdown closes them).
+	var stuck []string
+	snapped := make(chan struct{})
+	cut := context.AfterFunc(ctx, func() {
+		defer close(snapped)
+		openMu.Lock()
+		defer openMu.Unlock()
+		for conn := range open {
+			stuck = append(stuck, fmt.Sprintf("socket %d from %v", socketOf(conn), conn.RemoteAddr()))
+		}
+	})
 	forced := ln.Shutdown(ctx) != nil
+	if !cut() {
+		<-snapped
+	}
+	if !forced {
+		stuck = nil
+	}
 	cancel()
+	if forced {
+		fmt.Printf("stuck pid %d gen %d: %s\n", pid, gen, strings.Join(stuck, ", "))
+	}
 	fmt.Printf("drained pid %d gen %d forced %t\n", pid, gen, forced)
 	<-served
 	// Datagrams the kernel placed wrong: moved to a sibling socket here,

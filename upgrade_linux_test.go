@@ -215,6 +215,11 @@ func (s *upgradeServers) checkExit(gen int) int {
 	d := s.wait("drained", gen)
 	if d.rest != "forced false" {
 		s.t.Errorf("generation %d did not drain within its grace period: %s", gen, d.rest)
+		for _, l := range strings.Split(s.output(), "\n") {
+			if strings.HasPrefix(l, fmt.Sprintf("stuck pid %d gen %d:", d.pid, gen)) {
+				s.t.Log(l)
+			}
+		}
 	}
 	e := s.wait("exit", gen)
 	fwd := checkExitLine(s.t, gen, e.rest)
