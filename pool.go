@@ -644,7 +644,10 @@ type SocketStats struct {
 	// or still have connections, oldest first; during a reload the old
 	// epoch drains to zero connections while the new one accepts. Epoch is
 	// the newest epoch's number. (An epoch is a listener's reload count on
-	// its socket; Upgrader.Generation counts processes.)
+	// its socket; Upgrader.Generation counts processes.) A listener's
+	// counts are its own, over every socket of its Transport: the sockets
+	// of a split-stack or WithSockets Transport list the same ones, and
+	// ConnsDelivered says how many connections each socket carried.
 	Listeners []ListenerStats
 	Epoch     uint64
 	// ConnsRefused counts QUIC connections that completed a handshake but

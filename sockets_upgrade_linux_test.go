@@ -94,7 +94,7 @@ func TestUpgradeForeignJoinsAfterReady(t *testing.T) {
 			got := handshakesOn(foreign)
 			t.Logf("sockets %d then %d: %d of %d fresh requests answered by the successor; the foreign socket got %d handshake datagrams", c.pred, n, ok, tries, got)
 			if ok != tries || got != 0 {
-				t.Errorf("%d of %d fresh requests answered, foreign socket got %d handshake datagrams; want all, 0", ok, tries, got)
+				t.Errorf("%d of %d fresh requests answered, foreign socket got %d handshake datagrams; want all, 0; successor's output:\n%s", ok, tries, got, ip.output())
 			}
 		})
 	}

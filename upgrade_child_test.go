@@ -249,6 +249,9 @@ wait:
 		for conn := range open {
 			stuck = append(stuck, fmt.Sprintf("socket %d from %v", socketOf(conn), conn.RemoteAddr()))
 		}
+		ln.mu.Lock()
+		stuck = append(stuck, fmt.Sprintf("handshakes not delivered %d", ln.inflight))
+		ln.mu.Unlock()
 	})
 	forced := ln.Shutdown(ctx) != nil
 	if !cut() {
