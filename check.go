@@ -95,7 +95,7 @@ func (p *Pool) refuseForeign(k Key, s *socket) error {
 	if u := p.opts.upgrader; u != nil {
 		// An upgrading successor binds beside its predecessor's socket,
 		// which it knows: the predecessor handed it over.
-		if ino := u.predecessorInode(k); ino != 0 {
+		for _, ino := range u.predecessorInodes(k) {
 			ours[ino] = true
 		}
 	}

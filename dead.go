@@ -70,6 +70,7 @@ func (p *Pool) markDead(e *entry, cause error) {
 	if st != nil {
 		st.halt(fmt.Errorf("socket %v is dead: %w", e.key, cause))
 	}
+	socketLeft(e.sock)
 	e.sock.conn.Close()
 	close(e.done)
 	p.opts.log.Error("udppool: socket dead; the next acquire binds a new one", keyAttr(e.key), slog.Any("cause", cause))

@@ -101,7 +101,7 @@ func (p *Pool) dialTransport(ctx context.Context, port uint16, ip netip.Addr) (*
 	if err != nil {
 		return nil, err
 	}
-	return p.acquireTransport(ctx, k, nil, false)
+	return p.acquireTransport(ctx, k, nil, false, 0)
 }
 
 // What pickTransport found on a port when no transport there fits.

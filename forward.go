@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"net"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +36,19 @@ type forwardConn struct {
 	shared atomic.Bool
 	batch  *ipv4.PacketConn
 
+	// Sockets of one address (WithSockets): group is the reuseport group
+	// (nil where the kernel does not steer), socket this one's index, and
+	// multi set where the transport has siblings, whose datagrams route
+	// moves to them. alone is the route state of a pool without an
+	// Upgrader.
+	group    *sockGroup
+	socket   int
+	multi    bool
+	codec    *cidCodec
+	alone    *routeState
+	rerouted atomic.Uint64 // datagrams moved to a sibling
+	reading  atomic.Bool   // quic-go's reader has started
+
 	mu       sync.Mutex
 	pending  []forwarded
 	deadline time.Time // quic-go's read deadline
@@ -59,13 +74,11 @@ var _ quic.OOBCapablePacketConn = (*forwardConn)(nil)
 // through a forwardConn. Pool.mu is held.
 func (u *Upgrader) setupTransport(qt *quic.Transport, st *sharedTransport) {
 	qt.ConnectionIDLength = 0
-	qt.ConnectionIDGenerator = newCIDGenerator(u.codec, u.opts.serverID, u.gen, 0)
+	qt.ConnectionIDGenerator = newCIDGenerator(u.codec, u.opts.serverID, u.gen, uint8(st.entry.key.Socket))
 	u.trackHandshakes(qt)
-	f := &forwardConn{
-		Conn: st.conn, u: u, st: st, key: st.entry.key, keyStr: st.entry.key.String(),
-		notify: make(chan struct{}, 1),
-	}
-	f.batch = ipv4.NewPacketConn(f.Conn)
+	f := newForwardConn(st, u.codec)
+	f.u = u
+	st.fwd = f
 	u.mu.Lock()
 	f.shared.Store(u.shared[f.key])
 	u.mu.Unlock()
@@ -74,6 +87,42 @@ func (u *Upgrader) setupTransport(qt *quic.Transport, st *sharedTransport) {
 	u.conns[f.keyStr] = f
 	u.connsMu.Unlock()
 	qt.Conn = f
+}
+
+// newForwardConn returns the reader of st's socket, without an Upgrader.
+func newForwardConn(st *sharedTransport, codec *cidCodec) *forwardConn {
+	k := st.entry.key
+	f := &forwardConn{
+		Conn: st.conn, st: st, key: k, keyStr: k.String(),
+		notify: make(chan struct{}, 1),
+		group:  st.entry.sock.group, socket: k.Socket, multi: st.sockets > 1, codec: codec,
+	}
+	f.batch = ipv4.NewPacketConn(f.Conn)
+	if f.group != nil {
+		f.group.setConn(k.Socket, f)
+	}
+	return f
+}
+
+// setupSteered makes qt, one of several sockets of its address in a pool
+// without an Upgrader, issue IDs that name its socket and read through a
+// forwardConn. Pool.mu is held.
+func (p *Pool) setupSteered(qt *quic.Transport, st *sharedTransport) {
+	codec := p.steerCodec()
+	qt.ConnectionIDLength = 0
+	qt.ConnectionIDGenerator = newCIDGenerator(codec, ServerID{}, poolGen, uint8(st.entry.key.Socket))
+	f := newForwardConn(st, codec)
+	f.alone = &routeState{self: poolGen, accepting: true}
+	st.fwd = f
+	qt.Conn = f
+}
+
+// state returns the receive path's view of the generations.
+func (f *forwardConn) state() *routeState {
+	if f.u == nil {
+		return f.alone
+	}
+	return f.u.state.Load()
 }
 
 // forgetClosed drops the transports closed since. u.connsMu must be held.
@@ -110,14 +159,23 @@ func (f *forwardConn) serving() bool {
 	return f.st.real != nil
 }
 
-// lookup returns the transport of key, forgetting closed ones.
+// lookup returns the transport of key, forgetting closed ones. A key of a
+// socket index this process does not have (the generations may differ in
+// WithSockets) falls back to the address's first socket, whose reader
+// moves the datagram on to the sibling its ID names.
 func (u *Upgrader) lookup(key string) *forwardConn {
 	u.connsMu.Lock()
 	defer u.connsMu.Unlock()
 	f := u.conns[key]
 	if f != nil && f.Conn.closed.Load() {
 		delete(u.conns, key)
-		return nil
+		f = nil
+	}
+	if base, _, ok := strings.Cut(key, " #"); f == nil && ok {
+		if f = u.conns[base]; f != nil && f.Conn.closed.Load() {
+			delete(u.conns, base)
+			f = nil
+		}
 	}
 	return f
 }
@@ -226,11 +284,14 @@ func (f *forwardConn) takePending(ms []ipv4.Message) int {
 // batch reads when the conn has it): forwarded ones first, then a batch
 // from the socket, from which it forwards the other generation's.
 func (f *forwardConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
+	if !f.reading.Load() {
+		f.reading.Store(true)
+	}
 	for {
 		if n := f.takePending(ms); n > 0 {
 			return n, nil
 		}
-		st := f.u.state.Load()
+		st := f.state()
 		if !f.readsSocket(st) {
 			if err := f.waitPending(); err != nil {
 				return 0, err
@@ -245,7 +306,7 @@ func (f *forwardConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 			return 0, err
 		}
 		// The state may have changed while the read was blocked.
-		if st = f.u.state.Load(); st.peer != nil {
+		if st = f.state(); st.peer != nil || f.multi || f.group != nil && f.group.prober.Load() != nil {
 			n = f.route(st, ms[:n])
 		}
 		if n > 0 {
@@ -300,7 +361,19 @@ func (f *forwardConn) route(st *routeState, ms []ipv4.Message) int {
 	kept := 0
 	for i := range ms {
 		m := &ms[i]
-		if f.u.owner(st, m.Buffers[0][:m.N]) != nil {
+		b := m.Buffers[0][:m.N]
+		if f.probed(b) {
+			continue
+		}
+		if f.multi {
+			if to := f.sibling(st, b); to != nil {
+				f.rerouted.Add(1)
+				ua, _ := m.Addr.(*net.UDPAddr)
+				to.enqueue(forwarded{addr: ua, oob: slices.Clone(m.OOB[:m.NN]), data: slices.Clone(b)})
+				continue
+			}
+		}
+		if st.peer != nil && f.u.owner(st, b) != nil {
 			f.u.forward(st.peer, f.keyStr, m)
 			continue
 		}
@@ -382,6 +455,13 @@ func (u *Upgrader) receive(s *peer) {
 			continue
 		}
 		if f := u.lookup(fr.Key); f != nil {
+			if f.multi {
+				// Forwarded to the socket it arrived on there, which
+				// is not always the one of its ID here.
+				if to := f.sibling(u.state.Load(), fr.Payload); to != nil {
+					f = to
+				}
+			}
 			f.enqueue(forwarded{
 				addr: net.UDPAddrFromAddrPort(fr.From),
 				oob:  append([]byte(nil), fr.OOB...),

@@ -23,17 +23,34 @@ type Key struct {
 	// addresses, and always as the interface index ("fe80::1%2"), so
 	// that every spelling of one local socket is one key.
 	Addr netip.AddrPort
+	// Socket is the index of the socket among those that serve the address
+	// for one Transport (see WithSockets): 0 for the first, and for every
+	// socket of ListenPacket and of a Transport with one socket per
+	// address. Sibling sockets of one address are in one reuseport group and
+	// never overlap each other.
+	Socket int
 }
 
 // IsValid reports whether k names a socket.
 func (k Key) IsValid() bool { return k.Network != "" && k.Addr.IsValid() }
 
-// String returns the key as "network address", for example "udp [::]:443".
+// String returns the key as "network address", for example "udp [::]:443",
+// followed by " #i" for a socket index i other than 0 ("udp [::]:443 #1").
 func (k Key) String() string {
 	if !k.IsValid() {
 		return "invalid key"
 	}
+	if k.Socket != 0 {
+		return k.Network + " " + k.Addr.String() + " #" + strconv.Itoa(k.Socket)
+	}
 	return k.Network + " " + k.Addr.String()
+}
+
+// base returns the key of the first socket of k's address: the one that
+// every Transport of the address holds, and that names its reuseport group.
+func (k Key) base() Key {
+	k.Socket = 0
+	return k
 }
 
 // dualStack reports whether k is a dual-stack socket.
@@ -55,8 +72,8 @@ func (k Key) covers(a netip.Addr) bool {
 // match some incoming datagram, which in a reuseport group lets the more
 // specific socket take that traffic from the other.
 func (k Key) overlaps(o Key) bool {
-	if k == o || k.Addr.Port() != o.Addr.Port() {
-		return false
+	if k.base() == o.base() || k.Addr.Port() != o.Addr.Port() {
+		return false // the same socket, or sibling sockets of one address
 	}
 	// Two sockets overlap exactly when one of them covers the other's
 	// address: wildcards cover their family, specific addresses only

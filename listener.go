@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"reflect"
 	"slices"
 	"sync"
 
@@ -190,7 +191,7 @@ func (l *Listener) signal() {
 // quic-go's transport failed), the error wraps quic.ErrServerClosed and the
 // cause.
 func (l *Listener) Accept(ctx context.Context) (*quic.Conn, error) {
-	var stopped [2]<-chan struct{}
+	stopped := make([]<-chan struct{}, max(len(l.t.parts), 2))
 	for i, st := range l.t.parts {
 		stopped[i] = st.stopped
 	}
@@ -224,12 +225,27 @@ func (l *Listener) Accept(ctx context.Context) (*quic.Conn, error) {
 			done = nil // a draining listener's, closed: avail tells when deliveries end
 		}
 		l.mu.Unlock()
-		select {
-		case <-avail:
-		case <-done:
-		case <-stopped[0]:
-		case <-stopped[1]:
-		case <-ctx.Done():
+		if len(stopped) == 2 {
+			select {
+			case <-avail:
+			case <-done:
+			case <-stopped[0]:
+			case <-stopped[1]:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			continue
+		}
+		// Several sockets per address: a case for each.
+		cases := []reflect.SelectCase{
+			{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())},
+			{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(avail)},
+			{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(done)},
+		}
+		for _, ch := range stopped {
+			cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ch)})
+		}
+		if i, _, _ := reflect.Select(cases); i == 0 {
 			return nil, ctx.Err()
 		}
 	}

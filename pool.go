@@ -29,8 +29,11 @@ type Pool struct {
 
 	dialMu sync.Mutex // serializes Dial's choice or creation of a transport
 
+	steering poolSteering // sockets.go
+
 	mu      sync.Mutex
-	closed  atomic.Bool // set under mu
+	closed  atomic.Bool        // set under mu
+	groups  map[Key]*sockGroup // reuseport groups steered without an Upgrader, by base key
 	entries map[Key]*entry
 	dead    map[*entry]struct{} // dead sockets that still have holders
 	byPort  map[uint16][]*entry // for the overlap check
@@ -122,6 +125,7 @@ func New(opts ...Option) *Pool {
 		opts:    options{reuse: true, lookup: net.DefaultResolver, log: discardLogger},
 		index:   newIndex(),
 		entries: make(map[Key]*entry),
+		groups:  make(map[Key]*sockGroup),
 		dead:    make(map[*entry]struct{}),
 		byPort:  make(map[uint16][]*entry),
 	}
@@ -269,12 +273,14 @@ type acquireOpts struct {
 	// port 0 socket is; it takes a port chosen for another socket (the
 	// IPv6 half of a split-stack port 0 Transport).
 	fresh bool
+	// sockets: the number of sockets of the address (WithSockets).
+	sockets int
 }
 
 func (p *Pool) bindOpts(k Key, o acquireOpts) bindOpts {
 	// A socket with port 0 never joins a reuseport group: Linux may pick an
 	// ephemeral port that a reuseport socket of this user already holds.
-	return bindOpts{reuse: p.opts.reuse && k.Addr.Port() != 0 && !o.fresh, control: p.opts.control}
+	return bindOpts{reuse: p.opts.reuse && k.Addr.Port() != 0 && !o.fresh, control: p.opts.control, quic: o.quic, sockets: o.sockets}
 }
 
 func (p *Pool) acquire(ctx context.Context, k Key, o acquireOpts) (*Conn, error) {
@@ -572,6 +578,7 @@ var closeSocket = (*net.UDPConn).Close
 // entry. Until then the entry stays in the map and new acquires of its key
 // wait on done, so they never bind beside a socket that is still open.
 func (p *Pool) destroy(e *entry) error {
+	socketLeft(e.sock)
 	err := closeSocket(e.sock.conn)
 	p.mu.Lock()
 	p.remove(e)
@@ -637,13 +644,24 @@ type SocketStats struct {
 	// or still have connections, oldest first; during a reload the old
 	// epoch drains to zero connections while the new one accepts. Epoch is
 	// the newest epoch's number. (An epoch is a listener's reload count on
-	// its socket; Upgrader.Generation counts processes.)
+	// its socket; Upgrader.Generation counts processes.) A listener's
+	// counts are its own, over every socket of its Transport: the sockets
+	// of a split-stack or WithSockets Transport list the same ones, and
+	// ConnsDelivered says how many connections each socket carried.
 	Listeners []ListenerStats
 	Epoch     uint64
 	// ConnsRefused counts QUIC connections that completed a handshake but
 	// that the pool closed because no listener could take them: none was
 	// open, or the newest one's accept queue was full.
 	ConnsRefused uint64
+	// ConnsDelivered counts QUIC connections of this socket that a
+	// listener took.
+	ConnsDelivered uint64
+	// Rerouted counts datagrams that reached this socket while their
+	// connection ID named a sibling socket of the address (WithSockets),
+	// and that the pool moved to it: near zero while the kernel steers
+	// right.
+	Rerouted uint64
 }
 
 // Stats returns a snapshot of the pool's sockets, sorted by key.
@@ -683,6 +701,10 @@ func (p *Pool) Stats() []SocketStats {
 	p.mu.Unlock()
 	for i, st := range transports {
 		stats[i].ConnsRefused = st.refused.Load()
+		stats[i].ConnsDelivered = st.delivered.Load()
+		if st.fwd != nil {
+			stats[i].Rerouted = st.fwd.rerouted.Load()
+		}
 		stats[i].Listeners = st.stats()
 		if n := len(stats[i].Listeners); n > 0 {
 			stats[i].Epoch = stats[i].Listeners[n-1].Epoch
@@ -691,7 +713,8 @@ func (p *Pool) Stats() []SocketStats {
 	slices.SortFunc(stats, func(a, b SocketStats) int {
 		return cmp.Or(cmp.Compare(a.Key.Addr.Port(), b.Key.Addr.Port()),
 			cmp.Compare(a.Key.Network, b.Key.Network),
-			a.Key.Addr.Addr().Compare(b.Key.Addr.Addr()))
+			a.Key.Addr.Addr().Compare(b.Key.Addr.Addr()),
+			cmp.Compare(a.Key.Socket, b.Key.Socket))
 	})
 	return stats
 }

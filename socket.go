@@ -30,6 +30,7 @@ type socket struct {
 	activated  string // passed by socket activation, with this name
 	sendErrors errorCounts
 	dead       atomic.Pointer[error] // set once the socket is found dead
+	group      *sockGroup            // its reuseport group, where this process steers it
 }
 
 const (
@@ -41,6 +42,8 @@ const (
 type bindOpts struct {
 	reuse   bool
 	control func(network, address string, c syscall.RawConn) error
+	quic    bool // for a shared QUIC transport
+	sockets int  // the sockets of the address (WithSockets), one of which this is
 }
 
 // bind opens the socket of k. A dual-stack key binds an IPv6 socket and

@@ -31,7 +31,9 @@ var ErrFamily = errors.New("address family not served by the socket")
 type TransportOption func(*transportOptions)
 
 type transportOptions struct {
-	settings *quic.Transport
+	settings   *quic.Transport
+	sockets    int // WithSockets
+	socketsSet bool
 }
 
 // WithQUICTransport takes the settings of the shared quic.Transport
@@ -75,9 +77,10 @@ func (p *Pool) splitStack(st stack) bool {
 // connection still open on them.
 type Transport struct {
 	key    Key
-	parts  []*sharedTransport // one per socket
+	parts  []*sharedTransport // one per socket, the sockets of a family in index order
 	closed atomic.Bool
-	leak   *leakWatch // nil unless the pool reports leaks
+	leak   *leakWatch    // nil unless the pool reports leaks
+	next   atomic.Uint32 // Dial's round robin over the sockets of a family
 }
 
 // Transport returns a new reference to the shared quic.Transport serving
@@ -116,6 +119,11 @@ func (p *Pool) transport(ctx context.Context, network, address string, o transpo
 	if err != nil {
 		return nil, err
 	}
+	if o.socketsSet {
+		if err := p.checkSockets(k, o.sockets); err != nil {
+			return nil, opError("transport", network, address, k, err)
+		}
+	}
 	keys := []Key{k}
 	st, err := p.hostStack() // probed by parse already
 	if err != nil {
@@ -133,7 +141,7 @@ func (p *Pool) transport(ctx context.Context, network, address string, o transpo
 	var t *Transport
 	for attempt := 1; ; attempt++ {
 		t = &Transport{key: k}
-		k, err := t.acquireParts(ctx, p, keys, o.settings)
+		k, err := t.acquireParts(ctx, p, keys, o)
 		if err == nil {
 			break
 		}
@@ -146,23 +154,21 @@ func (p *Pool) transport(ctx context.Context, network, address string, o transpo
 		}
 		return nil, opError("transport", network, address, k, err)
 	}
-	if len(t.parts) > 1 {
+	if t.split() {
 		t.key = Key{Network: "udp", Addr: netip.AddrPortFrom(netip.IPv6Unspecified(), t.parts[0].entry.key.Addr.Port())}
 	} else {
 		t.key = t.parts[0].entry.key
 	}
 	parts := t.parts
-	t.leak = watch(p, t, "Transport", t.parts[0].entry.key, func() {
-		for _, st := range parts {
-			st.release()
-		}
-	})
+	t.leak = watch(p, t, "Transport", t.parts[0].entry.key, func() { releaseParts(parts) })
 	return t, nil
 }
 
-// acquireParts acquires the shared transport of every key into t.parts. On
-// failure it returns the key that failed; the caller closes t.
-func (t *Transport) acquireParts(ctx context.Context, p *Pool, keys []Key, settings *quic.Transport) (Key, error) {
+// acquireParts acquires the shared transport of every key into t.parts,
+// and of every sibling socket of a key (WithSockets): the first socket's
+// transport says how many the address has. On failure it returns the key
+// that failed; the caller closes t.
+func (t *Transport) acquireParts(ctx context.Context, p *Pool, keys []Key, o transportOptions) (Key, error) {
 	for _, k := range keys {
 		fresh := false
 		if k.Addr.Port() == 0 && len(t.parts) > 0 {
@@ -171,17 +177,37 @@ func (t *Transport) acquireParts(ctx context.Context, p *Pool, keys []Key, setti
 			k.Addr = netip.AddrPortFrom(k.Addr.Addr(), t.parts[0].entry.key.Addr.Port())
 			fresh = true
 		}
-		st, err := p.acquireTransport(ctx, k, settings, fresh)
+		want := 0
+		if o.socketsSet {
+			want = o.sockets
+		}
+		st, err := p.acquireTransport(ctx, k, o.settings, fresh, want)
 		if err != nil {
 			return k, err
 		}
 		t.parts = append(t.parts, st)
+		n := st.sockets
+		for j := 1; j < n; j++ {
+			sk := st.entry.key
+			sk.Socket = j
+			sib, err := p.acquireTransport(ctx, sk, o.settings, false, n)
+			if err != nil {
+				return sk, err
+			}
+			t.parts = append(t.parts, sib)
+		}
 	}
 	return Key{}, nil
 }
 
+// split reports whether t has sockets of two families (split-stack).
+func (t *Transport) split() bool {
+	return t.parts[0].entry.key.base() != t.parts[len(t.parts)-1].entry.key.base()
+}
+
 // Keys returns the keys of the sockets serving t: one, or an IPv4 and an
-// IPv6 key for a split-stack wildcard.
+// IPv6 key for a split-stack wildcard, and with WithSockets(n) n of each,
+// in socket index order.
 func (t *Transport) Keys() []Key {
 	keys := make([]Key, len(t.parts))
 	for i, st := range t.parts {
@@ -193,7 +219,7 @@ func (t *Transport) Keys() []Key {
 // LocalAddr returns the local address: the socket's, or the wildcard with
 // the shared port for a split-stack transport.
 func (t *Transport) LocalAddr() net.Addr {
-	if len(t.parts) == 1 {
+	if !t.split() {
 		return t.parts[0].conn.LocalAddr()
 	}
 	return &net.UDPAddr{Port: int(t.key.Addr.Port())}
@@ -209,10 +235,17 @@ func (t *Transport) Close() error {
 	if t.leak != nil {
 		t.leak.closed.Store(true)
 	}
-	for _, st := range t.parts {
+	releaseParts(t.parts)
+	return nil
+}
+
+// releaseParts releases parts, siblings before the first socket of their
+// address: a new Transport request for the address, which waits for the
+// first socket's transport to close, then finds every sibling closing too.
+func releaseParts(parts []*sharedTransport) {
+	for _, st := range slices.Backward(parts) {
 		st.release()
 	}
-	return nil
 }
 
 func (t *Transport) check(op string) error {
@@ -232,10 +265,19 @@ func (t *Transport) part(op string, addr net.Addr) (*sharedTransport, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, st := range t.parts {
-		if st.entry.key.reachesFamily(ip.Is4()) {
-			return st, nil
+	// The first family that reaches addr; among its sockets, round robin.
+	for i, st := range t.parts {
+		if !st.entry.key.reachesFamily(ip.Is4()) {
+			continue
 		}
+		n := 1
+		for i+n < len(t.parts) && t.parts[i+n].entry.key.base() == st.entry.key.base() {
+			n++
+		}
+		if n > 1 {
+			st = t.parts[i+int(t.next.Add(1)%uint32(n))]
+		}
+		return st, nil
 	}
 	return nil, &net.OpError{Op: op, Net: "udp", Source: t.LocalAddr(), Addr: addr, Err: fmt.Errorf("%w: socket %v cannot send to %v", ErrFamily, t.key, ip)}
 }
@@ -336,20 +378,40 @@ func (t *Transport) ReadNonQUICPacket(ctx context.Context, b []byte) (int, net.A
 	if err := t.check("read"); err != nil {
 		return 0, nil, err
 	}
-	var chans [2]<-chan nonQUICPacket
-	var stops [2]<-chan struct{}
-	for i, st := range t.parts {
-		chans[i], stops[i] = st.nonQUIC(), st.stopped
-	}
-	select {
-	case pkt := <-chans[0]:
-		return copy(b, pkt.data), pkt.addr, nil
-	case pkt := <-chans[1]:
-		return copy(b, pkt.data), pkt.addr, nil
-	case <-stops[0]:
-	case <-stops[1]:
-	case <-ctx.Done():
-		return 0, nil, ctx.Err()
+	if len(t.parts) <= 2 {
+		var chans [2]<-chan nonQUICPacket
+		var stops [2]<-chan struct{}
+		for i, st := range t.parts {
+			chans[i], stops[i] = st.nonQUIC(), st.stopped
+		}
+		select {
+		case pkt := <-chans[0]:
+			return copy(b, pkt.data), pkt.addr, nil
+		case pkt := <-chans[1]:
+			return copy(b, pkt.data), pkt.addr, nil
+		case <-stops[0]:
+		case <-stops[1]:
+		case <-ctx.Done():
+			return 0, nil, ctx.Err()
+		}
+	} else {
+		// Several sockets per address: one case for each.
+		cases := make([]reflect.SelectCase, 0, 2*len(t.parts)+1)
+		for _, st := range t.parts {
+			cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(st.nonQUIC())})
+		}
+		for _, st := range t.parts {
+			cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(st.stopped)})
+		}
+		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())})
+		i, v, _ := reflect.Select(cases)
+		switch {
+		case i < len(t.parts):
+			pkt := v.Interface().(nonQUICPacket)
+			return copy(b, pkt.data), pkt.addr, nil
+		case i == len(cases)-1:
+			return 0, nil, ctx.Err()
+		}
 	}
 	return 0, nil, &net.OpError{Op: "read", Net: "udp", Source: t.LocalAddr(), Err: net.ErrClosed}
 }
@@ -362,6 +424,8 @@ type sharedTransport struct {
 	conn     *Conn // quic-go's own handle: its deadlines are its own
 	qt       *quic.Transport
 	settings *quic.Transport // as requested by the first user; nil for defaults
+	sockets  int             // sockets of the address (WithSockets), this one among them
+	fwd      *forwardConn    // the reader quic-go reads through, if any
 
 	// guarded by Pool.mu
 	refs    int           // Transport handles and Listeners
@@ -394,8 +458,10 @@ type sharedTransport struct {
 	packets  chan nonQUICPacket
 
 	// refused counts handshaken connections the pool closed because no
-	// listener could take them (none open, or its queue full).
-	refused atomic.Uint64
+	// listener could take them (none open, or its queue full); delivered
+	// those a listener took.
+	refused   atomic.Uint64
+	delivered atomic.Uint64
 }
 
 type nonQUICPacket struct {
@@ -406,10 +472,11 @@ type nonQUICPacket struct {
 // acquireTransport returns a new reference to the shared transport of the
 // socket of k, creating both as needed. fresh is for the second socket of a
 // split-stack port 0 Transport: it must be a new socket, never one the pool
-// holds already.
-func (p *Pool) acquireTransport(ctx context.Context, k Key, settings *quic.Transport, fresh bool) (*sharedTransport, error) {
+// holds already. sockets is the number of sockets of k's address that the
+// request wants (WithSockets), 0 for any.
+func (p *Pool) acquireTransport(ctx context.Context, k Key, settings *quic.Transport, fresh bool, sockets int) (*sharedTransport, error) {
 	for {
-		c, err := p.acquire(ctx, k, acquireOpts{quic: true, fresh: fresh})
+		c, err := p.acquire(ctx, k, acquireOpts{quic: true, fresh: fresh, sockets: max(sockets, 1)})
 		if err != nil {
 			return nil, err
 		}
@@ -440,6 +507,9 @@ func (p *Pool) acquireTransport(ctx context.Context, k Key, settings *quic.Trans
 			}
 		case st != nil:
 			err := st.compatible(settings)
+			if err == nil && sockets != 0 && sockets != st.sockets {
+				err = fmt.Errorf("%w: %d sockets per address, the shared transport has %d (WithSockets)", ErrTransportConfig, sockets, st.sockets)
+			}
 			if err == nil {
 				st.refs++
 			}
@@ -463,7 +533,7 @@ func (p *Pool) acquireTransport(ctx context.Context, k Key, settings *quic.Trans
 			return nil, ErrHasConns
 		}
 		st = &sharedTransport{
-			pool: p, entry: e, conn: c, settings: settings, refs: 1,
+			pool: p, entry: e, conn: c, settings: settings, refs: 1, sockets: max(sockets, 1),
 			done: make(chan struct{}), stopped: make(chan struct{}),
 			all: make(map[*Listener]bool),
 		}
@@ -489,10 +559,12 @@ func (st *sharedTransport) newQUICTransport() *quic.Transport {
 	qt.Conn = st.conn
 	if u := st.pool.opts.upgrader; u != nil {
 		u.setupTransport(qt, st)
+	} else if st.sockets > 1 {
+		st.pool.setupSteered(qt, st)
 	}
 	user := qt.ConnContext
 	qt.ConnContext = func(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
-		r := new(route)
+		r := &route{st: st}
 		// quic-go cancels the context it passes here when the
 		// connection closes: a handshake that fails is settled then.
 		context.AfterFunc(ctx, r.settle)
@@ -736,7 +808,8 @@ func (st *sharedTransport) pickLocked(protos []string, fallback bool) *Listener 
 type routeKey struct{}
 
 type route struct {
-	l atomic.Pointer[Listener]
+	l  atomic.Pointer[Listener]
+	st *sharedTransport // the socket's transport that the connection lives on
 
 	mu      sync.Mutex
 	settled bool // delivered, refused or closed: no longer in l's handshakes
@@ -846,6 +919,7 @@ func (st *sharedTransport) deliver(conn *quic.Conn, l *Listener) {
 			return
 		}
 		if l.push(conn, st) {
+			st.delivered.Add(1)
 			settle(conn)
 			return
 		}

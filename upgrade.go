@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/udppool/udppool/internal/steer"
 )
 
 // Errors of process upgrades.
@@ -101,8 +103,19 @@ type Upgrader struct {
 	// predInodes identify the predecessor's sockets, which a successor
 	// expects beside its own in a reuseport group (see WithRefuseForeign).
 	predInodes map[Key]uint64
-	predQUIC   map[Key]bool     // ... and serves QUIC on
-	inherited  map[Key]*os.File // the predecessor's sockets, not (yet) used
+	predQUIC   map[Key]bool // ... and serves QUIC on
+	// predMembers are the predecessor's sockets by their member index in
+	// the reuseport group of each address (base key), as its hello says;
+	// groups are this process's view of each group it steers (sockets.go).
+	predMembers map[Key][]steer.Member
+	groups      map[Key]*sockGroup
+	inherited   map[Key]*os.File // the predecessor's sockets, not (yet) used
+	// predDups hold the predecessor's sockets of the addresses this
+	// process joined, so that they stay in the reuseport groups after the
+	// predecessor closes them, until this process takes them out one by
+	// one, each with the program for the order the kernel leaves
+	// (closePredecessorSockets).
+	predDups map[Key]*os.File
 	// tcp holds this process's copy of each TCP listening socket (see
 	// Listen), by the spelling it was asked for; tcpInherited those of the
 	// predecessor nobody has listened on yet.
@@ -263,11 +276,14 @@ func newUpgrader(env string, started bool, opts ...UpgradeOption) (*Upgrader, er
 		conns:        make(map[string]*forwardConn),
 		socks:        make(map[Key]*socket),
 		predQUIC:     make(map[Key]bool),
+		predMembers:  make(map[Key][]steer.Member),
+		groups:       make(map[Key]*sockGroup),
 		joined:       make(map[Key]bool),
 		shared:       make(map[Key]bool),
 		predKeys:     make(map[Key]bool),
 		predInodes:   make(map[Key]uint64),
 		inherited:    make(map[Key]*os.File),
+		predDups:     make(map[Key]*os.File),
 		tcp:          make(map[spelling]*os.File),
 		tcpInherited: make(map[spelling]*os.File),
 		ephemeral:    make(map[Key]bool),

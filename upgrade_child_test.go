@@ -19,6 +19,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -34,13 +35,14 @@ import (
 // tests, and so do its successors, which Upgrade starts from the same
 // binary with the same arguments and environment.
 const (
-	upgradeChildEnv = "UDPPOOL_TEST_UPGRADE_CHILD" // the port to serve
-	upgradeFailEnv  = "UDPPOOL_TEST_UPGRADE_FAIL"  // a file whose presence makes the next successor fail
-	upgradeModeEnv  = "UDPPOOL_TEST_UPGRADE_MODE"  // "inherit" forces inherited sockets
-	upgradeDrainEnv = "UDPPOOL_TEST_UPGRADE_DRAIN" // the drain grace period
-	upgradeTrustEnv = "UDPPOOL_TEST_UPGRADE_TRUST" // set: no WithRefuseForeign, the Upgrader's own check alone
-	upgradeWatchEnv = "UDPPOOL_TEST_UPGRADE_WATCH" // a descriptor that reads EOF once the test process is gone
-	upgradePlainEnv = "UDPPOOL_TEST_UPGRADE_PLAIN" // an address on which to echo plain datagrams with "gen G"
+	upgradeChildEnv   = "UDPPOOL_TEST_UPGRADE_CHILD"   // the port to serve
+	upgradeFailEnv    = "UDPPOOL_TEST_UPGRADE_FAIL"    // a file whose presence makes the next successor fail
+	upgradeModeEnv    = "UDPPOOL_TEST_UPGRADE_MODE"    // "inherit" forces inherited sockets
+	upgradeDrainEnv   = "UDPPOOL_TEST_UPGRADE_DRAIN"   // the drain grace period
+	upgradeTrustEnv   = "UDPPOOL_TEST_UPGRADE_TRUST"   // set: no WithRefuseForeign, the Upgrader's own check alone
+	upgradeWatchEnv   = "UDPPOOL_TEST_UPGRADE_WATCH"   // a descriptor that reads EOF once the test process is gone
+	upgradePlainEnv   = "UDPPOOL_TEST_UPGRADE_PLAIN"   // an address on which to echo plain datagrams with "gen G"
+	upgradeSocketsEnv = "UDPPOOL_TEST_UPGRADE_SOCKETS" // sockets of the transport (WithSockets), by generation: "2,3" is 2 for odd, 3 for even ones
 	// watchFD is where every generation keeps the watch descriptor, open
 	// across exec: above those that exec.Cmd.ExtraFiles numbers.
 	watchFD       = 200
@@ -125,7 +127,11 @@ func upgradeChild(port string) error {
 	pid, gen := os.Getpid(), u.Generation()
 	// Refusing foreign sockets must not refuse the predecessor's.
 	p := New(WithUpgrader(u), WithRefuseForeign(os.Getenv(upgradeTrustEnv) == ""))
-	tr, err := p.Transport(context.Background(), "udp", ":"+port)
+	var topts []TransportOption
+	if n := childSockets(gen); n > 0 {
+		topts = append(topts, WithSockets(n))
+	}
+	tr, err := p.Transport(context.Background(), "udp", ":"+port, topts...)
 	if err != nil {
 		return err
 	}
@@ -176,6 +182,9 @@ func upgradeChild(port string) error {
 		return s
 	}
 	served := make(chan struct{})
+	// The open connections, to say which ones a forced drain cut.
+	var openMu sync.Mutex
+	open := make(map[*quic.Conn]bool)
 	go func() {
 		defer close(served)
 		for {
@@ -183,6 +192,14 @@ func upgradeChild(port string) error {
 			if err != nil {
 				return
 			}
+			openMu.Lock()
+			open[conn] = true
+			openMu.Unlock()
+			context.AfterFunc(conn.Context(), func() {
+				openMu.Lock()
+				delete(open, conn)
+				openMu.Unlock()
+			})
 			go serveConn(conn, answer)
 		}
 	}()
@@ -195,6 +212,12 @@ func upgradeChild(port string) error {
 		return err
 	}
 	fmt.Printf("ready pid %d gen %d\n", pid, gen)
+	if u.HasPredecessor() {
+		go func() {
+			<-u.predGone // after the programs for this process alone
+			fmt.Printf("alone pid %d gen %d\n", pid, gen)
+		}()
+	}
 	upgraded := make(chan error, 1)
 wait:
 	for {
@@ -215,10 +238,41 @@ wait:
 	draining.Store(true)
 	grace, _ := time.ParseDuration(os.Getenv(upgradeDrainEnv))
 	ctx, cancel := context.WithTimeout(context.Background(), max(grace, time.Second))
+	// Which connections were open when the grace ended (a snapshot
+	// before Shutdown closes them).
+	var stuck []string
+	snapped := make(chan struct{})
+	cut := context.AfterFunc(ctx, func() {
+		defer close(snapped)
+		openMu.Lock()
+		defer openMu.Unlock()
+		for conn := range open {
+			stuck = append(stuck, fmt.Sprintf("socket %d from %v", socketOf(conn), conn.RemoteAddr()))
+		}
+		ln.mu.Lock()
+		stuck = append(stuck, fmt.Sprintf("handshakes not delivered %d", ln.inflight))
+		ln.mu.Unlock()
+	})
 	forced := ln.Shutdown(ctx) != nil
+	if !cut() {
+		<-snapped
+	}
+	if !forced {
+		stuck = nil
+	}
 	cancel()
+	if forced {
+		fmt.Printf("stuck pid %d gen %d: %s\n", pid, gen, strings.Join(stuck, ", "))
+	}
 	fmt.Printf("drained pid %d gen %d forced %t\n", pid, gen, forced)
 	<-served
+	// Datagrams the kernel placed wrong: moved to a sibling socket here,
+	// or forwarded to the other generation (below).
+	var rerouted uint64
+	for _, s := range p.Stats() {
+		rerouted += s.Rerouted
+	}
+	fmt.Printf("misplaced pid %d gen %d forwarded %d rerouted %d\n", pid, gen, u.forwarded.Load(), rerouted)
 	tr.Close()
 	if err := u.Stop(); err != nil {
 		return err
@@ -229,8 +283,27 @@ wait:
 		goleak.IgnoreAnyFunction("github.com/udppool/udppool.watchTest.func1")); err != nil {
 		leaks = strconv.Quote(err.Error())
 	}
-	fmt.Printf("exit pid %d gen %d sockets %d leaks %s forwarded %d\n", pid, gen, openSockets(), leaks, u.forwarded.Load())
+	fmt.Printf("exit pid %d gen %d sockets %d leaks %s forwarded %d\n", pid, gen, openSockets(), leaks, u.forwarded.Load()+rerouted)
 	return nil
+}
+
+// childSockets returns the socket count of generation gen from
+// upgradeSocketsEnv, 0 if it names none.
+func childSockets(gen uint16) int { return socketsFor(os.Getenv(upgradeSocketsEnv), gen) }
+
+// socketsFor returns the socket count of generation gen from v, a value of
+// upgradeSocketsEnv, or from the variable's setting in v's place ("NAME=v").
+func socketsFor(v string, gen uint16) int {
+	v = strings.TrimPrefix(v, upgradeSocketsEnv+"=")
+	if v == "" {
+		return 0
+	}
+	counts := strings.Split(v, ",")
+	n, err := strconv.Atoi(counts[(int(gen)-1)%len(counts)])
+	if err != nil {
+		return 0
+	}
+	return n
 }
 
 func serveConn(conn *quic.Conn, answer func() string) {

@@ -57,6 +57,13 @@ func startInProcOn(t *testing.T, anyPort bool, opts ...UpgradeOption) *inProc {
 // startInProcEnv is startInProcOn with more environment for successors.
 func startInProcEnv(t *testing.T, anyPort bool, env []string, opts ...UpgradeOption) *inProc {
 	t.Helper()
+	return startInProcWith(t, anyPort, env, nil, opts...)
+}
+
+// startInProcWith is startInProcEnv with options for the test process's
+// transport.
+func startInProcWith(t *testing.T, anyPort bool, env []string, topts []TransportOption, opts ...UpgradeOption) *inProc {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -97,7 +104,7 @@ func startInProcEnv(t *testing.T, anyPort bool, env []string, opts ...UpgradeOpt
 		WithUpgradeLogger(slog.New(slog.NewTextHandler(ip.logs, nil)))}, opts...)
 	ip.u = newTestUpgrader(t, opts...)
 	ip.pool = New(WithUpgrader(ip.u))
-	ip.tr, err = ip.pool.Transport(context.Background(), "udp", ":"+strconv.Itoa(asked))
+	ip.tr, err = ip.pool.Transport(context.Background(), "udp", ":"+strconv.Itoa(asked), topts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,13 +213,18 @@ func requestAddr(ctx context.Context, addr string) (string, error) {
 // (Resumed), take new handshakes back (fresh connections answered by it),
 // keep its connections, log it, and be able to upgrade again.
 func TestUpgradeSuccessorDiesAfterReady(t *testing.T) {
-	for _, mode := range []string{"steer", "inherit"} {
+	for _, mode := range []string{"steer", "inherit", "steer/sockets=2"} {
 		t.Run(mode, func(t *testing.T) {
 			var env []string
-			if mode == "inherit" {
+			var topts []TransportOption
+			switch mode {
+			case "inherit":
 				env = []string{upgradeModeEnv + "=inherit"} // the successor's choice
+			case "steer/sockets=2":
+				env = []string{upgradeSocketsEnv + "=2"}
+				topts = []TransportOption{WithSockets(2)}
 			}
-			ip := startInProcEnv(t, false, env, WithInheritance(mode == "inherit"))
+			ip := startInProcWith(t, false, env, topts, WithInheritance(mode == "inherit"))
 			ln := ip.serve()
 			addr := fmt.Sprintf("127.0.0.1:%d", ip.port)
 			self := fmt.Sprintf("pid %d gen 1", os.Getpid())

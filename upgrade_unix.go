@@ -48,6 +48,12 @@ type helloSocket struct {
 	Addr    string
 	QUIC    bool // the predecessor serves QUIC on it
 	AnyPort bool // bound for a port 0 key
+	// Socket is the socket's index among the sockets of its address
+	// (Key.Socket, WithSockets); Member its index in the address's
+	// reuseport group, as the predecessor knows it (0 where it steers
+	// none).
+	Socket int `json:",omitempty"`
+	Member int `json:",omitempty"`
 }
 
 // helloTimeout bounds the successor's wait for the hello, which the
@@ -182,7 +188,8 @@ func (u *Upgrader) sendHello(s *peer) error {
 				continue // closing: nothing to hand over
 			}
 			fds = append(fds, fd)
-			h.Sockets = append(h.Sockets, helloSocket{Network: e.key.Network, Addr: e.key.Addr.String(), QUIC: e.qt != nil, AnyPort: ephemeral[e.key]})
+			h.Sockets = append(h.Sockets, helloSocket{Network: e.key.Network, Addr: e.key.Addr.String(), QUIC: e.qt != nil, AnyPort: ephemeral[e.key],
+				Socket: e.key.Socket, Member: e.sock.memberIndex()})
 		}
 		p.mu.Unlock()
 	}
@@ -250,7 +257,11 @@ func (u *Upgrader) connectPredecessor(env string) error {
 			files[i].Close()
 			continue
 		}
-		k := Key{Network: hs.Network, Addr: ap}
+		if hs.Socket < 0 || hs.Socket >= MaxSockets || hs.Member < 0 || hs.Member >= 2*MaxSockets {
+			files[i].Close()
+			continue
+		}
+		k := Key{Network: hs.Network, Addr: ap, Socket: hs.Socket}
 		if u.inherited[k] != nil { // named twice: keep the first
 			files[i].Close()
 			continue
@@ -261,6 +272,7 @@ func (u *Upgrader) connectPredecessor(env string) error {
 		}
 		u.predKeys[k] = true
 		u.predQUIC[k] = hs.QUIC
+		u.addPredMember(k, hs.Member, h.PredGen)
 		if hs.AnyPort {
 			u.anyPort = append(u.anyPort, k)
 		}

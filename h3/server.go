@@ -47,7 +47,10 @@ const DefaultGrace = 30 * time.Second
 // Set its fields before the first Reload and do not change them after.
 type Server struct {
 	// Transport is the pooled transport to serve on. The Server opens
-	// listeners on it and never closes it.
+	// listeners on it and never closes it. A Transport of several sockets
+	// per address (udppool.WithSockets, for servers that outgrow one
+	// socket's receive loop) is served as one: its listeners take the
+	// connections of every socket.
 	Transport *udppool.Transport
 
 	// Handler answers requests; nil means http.DefaultServeMux. A Reload

@@ -296,6 +296,39 @@ func processSockets(pid int) []string {
 	return socks
 }
 
+// heldUDPSockets returns the UDP sockets on port that process pid holds,
+// each once however many descriptors it has for it.
+func heldUDPSockets(t *testing.T, port, pid int) []string {
+	t.Helper()
+	held := processSockets(pid)
+	var socks []string
+	for _, s := range udpSockets(t, port) {
+		if slices.Contains(held, s) && !slices.Contains(socks, s) {
+			socks = append(socks, s)
+		}
+	}
+	return socks
+}
+
+// waitSockets waits until the UDP sockets on port are n, all held by
+// process pid: a successor lets go of its predecessor's sockets when it
+// learns that the predecessor is gone, which is a moment after its exit.
+func waitSockets(t *testing.T, port, pid, n int) {
+	t.Helper()
+	deadline := time.Now().Add(testTimeout)
+	for {
+		held, all := heldUDPSockets(t, port, pid), udpSockets(t, port)
+		if len(held) == n && len(all) == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d holds %d UDP sockets on port %d and the port has %d, want %d: %v of %v",
+				pid, len(held), port, len(all), n, held, all)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // processUID returns the real uid of process pid.
 func processUID(t *testing.T, pid int) int {
 	t.Helper()

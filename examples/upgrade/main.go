@@ -10,6 +10,12 @@
 //	kill -HUP <pid>                                # ready ... pid M gen 2
 //	curl --http3-only -k https://localhost:4433/   # pid M gen 2 (where curl has HTTP/3)
 //
+// -sockets N serves the UDP address from N sockets, each with its own QUIC
+// transport, steered by connection ID (udppool.WithSockets); -server-id
+// HEX puts a fleet's QUIC-LB server ID into every connection ID. Both hold
+// across upgrades: give the successor the same flags (os.Executable() is
+// started with this process's arguments).
+//
 // Each response names the serving process and its generation. Every
 // generation prints a line starting with "ready" when it serves, to the
 // same output, and one starting with "exit" when it leaves. SIGINT and
@@ -54,13 +60,14 @@ func main() {
 	drain := flag.Duration("drain", 30*time.Second, "grace period of the old process after an upgrade")
 	pidFile := flag.String("pidfile", "", "keep a PID `file` naming the serving process (for systemd's PIDFile=)")
 	serverID := flag.String("server-id", "", "this host's QUIC-LB server ID, 1-7 octets in `hex` (config rotation 0), carried in every connection ID for a fleet's load balancer")
+	sockets := flag.Int("sockets", 1, "serve the UDP address from `N` sockets, each with its own QUIC transport, so that receiving scales over N cores")
 	flag.Parse()
-	if err := run(*listen, *certFile, *keyFile, *pidFile, *serverID, *drain); err != nil {
+	if err := run(*listen, *certFile, *keyFile, *pidFile, *serverID, *sockets, *drain); err != nil {
 		log.Fatalf("pid %d: %v", os.Getpid(), err)
 	}
 }
 
-func run(listen, certFile, keyFile, pidFile, serverID string, drain time.Duration) error {
+func run(listen, certFile, keyFile, pidFile, serverID string, sockets int, drain time.Duration) error {
 	// The Upgrader comes first: in a successor it receives the
 	// predecessor's sockets, which the pool then binds into or takes over.
 	// As PID 1 of a container, NewUpgrader stays as the parent of the
@@ -91,7 +98,7 @@ func run(listen, certFile, keyFile, pidFile, serverID string, drain time.Duratio
 	}
 	pid, gen := os.Getpid(), upg.Generation()
 	pool := udppool.New(udppool.WithUpgrader(upg))
-	tr, err := pool.Transport(context.Background(), "udp", listen)
+	tr, err := pool.Transport(context.Background(), "udp", listen, udppool.WithSockets(sockets))
 	if err != nil {
 		return err
 	}

@@ -48,11 +48,16 @@ const testTimeout = 30 * time.Second
 // maxRequests bounds the keep-alive client's loop.
 const maxRequests = 100_000
 
+// upgradeSockets is TestUpgrade's -sockets.
+const upgradeSockets = 2
+
 // TestUpgrade builds the command and runs the demonstration over IPv4 and
-// IPv6: a client keeps its connection and makes request after request
-// while the first server hands over to its successor on SIGHUP. No request
-// may fail, new connections go to the successor, the first server exits 0
-// once drained, and the successor exits 0 on SIGTERM.
+// IPv6, serving the address from upgradeSockets sockets: a client keeps
+// its connection and makes request after request while the first server
+// hands over to its successor on SIGHUP. No request may fail, new
+// connections go to the successor, the first server exits 0 once drained,
+// and the successor exits 0 on SIGTERM; each serves from upgradeSockets
+// sockets of its own.
 func TestUpgrade(t *testing.T) {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		t.Skipf("cannot become a subreaper to reap the successor: %v", err)
@@ -71,13 +76,19 @@ func TestUpgrade(t *testing.T) {
 			if !c.supported {
 				t.Skipf("host has no %s loopback", c.family)
 			}
-			addr := net.JoinHostPort(c.host, strconv.Itoa(freePort(t, c.host)))
-			// With a fleet's server ID in every connection ID; the
-			// deployment tests run without one.
-			s := start(t, bin, "-listen", addr, "-cert", certFile, "-key", keyFile, "-drain", "2s", "-server-id", "c4605e")
+			port := freePort(t, c.host)
+			addr := net.JoinHostPort(c.host, strconv.Itoa(port))
+			// With a fleet's server ID in every connection ID and two
+			// sockets on the address, steered by connection ID, on both
+			// sides of the upgrade; the deployment tests run with neither.
+			s := start(t, bin, "-listen", addr, "-cert", certFile, "-key", keyFile, "-drain", "2s",
+				"-server-id", "c4605e", "-sockets", strconv.Itoa(upgradeSockets))
 			first := s.wait("ready", 1)
 			if first.pid != s.first.Process.Pid {
 				t.Fatalf("first server says pid %d, started as %d", first.pid, s.first.Process.Pid)
+			}
+			if got := heldUDPSockets(t, port, first.pid); len(got) != upgradeSockets {
+				t.Fatalf("first server holds %d UDP sockets on port %d, want %d: %v", len(got), port, upgradeSockets, got)
 			}
 			url := "https://" + addr + "/"
 			if a := freshGet(t, roots, url); a != first.answer {
@@ -117,6 +128,10 @@ func TestUpgrade(t *testing.T) {
 				t.Errorf("first server did not drain: %s", exit.line)
 			}
 			s.reap(first.pid)
+			// The successor bound sockets of its own; once the first
+			// server is gone and the successor has let go of the copies
+			// of its sockets it held meanwhile, they are all the port has.
+			waitSockets(t, port, next.pid, upgradeSockets)
 			ka.waitFor(t, "20 more answers of the successor", func() bool { return ka.answers[next.answer] >= 40 })
 			tcp.waitFor(t, "20 answers of the successor over TCP", func() bool { return tcp.answers[next.answer] >= 20 })
 			cancel()

@@ -38,7 +38,7 @@ func testAttach(t *testing.T, network string) {
 		err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) })
 		return errors.Join(err, serr)
 	}}
-	members := []Member{{1, 0}, {1, 1}, {2, 0}, {2, 1}}
+	members := []Member{{Gen: 1, Socket: 0}, {Gen: 1, Socket: 1}, {Gen: 2, Socket: 0}, {Gen: 2, Socket: 1}}
 	socks := make([]*net.UDPConn, len(members))
 	addr := net.JoinHostPort(host, "0")
 	for i := range members {

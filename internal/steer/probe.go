@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/bpf"
@@ -50,12 +52,19 @@ func Marked(prog []bpf.Instruction, mark [8]byte, i uint32) []bpf.Instruction {
 // datagrams go through prog meanwhile, but a datagram that prog sends to
 // one of socks during the probe is read and dropped: probe before anyone
 // else reads socks (before quic-go serves them, or while prog keeps
-// everything off them). A marked datagram that none of socks reads within
-// wait went to a foreign member (loopback loses none unless a receive
-// buffer is full); after 8 of those Probe gives up, with ErrNotMember for
-// the sockets not found. Probe ends by attaching prog alone, and leaves
-// socks without read deadlines.
+// everything off them), or let their readers report the marked datagrams
+// (Prober). A marked datagram that none of socks reads within wait went to
+// a foreign member (loopback loses none unless a receive buffer is full);
+// after 8 of those Probe gives up, with ErrNotMember for the sockets not
+// found. Probe ends by attaching prog alone, and leaves socks without read
+// deadlines.
 func Probe(socks []*net.UDPConn, prog []bpf.Instruction, wait time.Duration) (index, foreign []int, err error) {
+	return ProbeFrom(socks, 0, prog, wait)
+}
+
+// ProbeFrom is Probe starting at member index from, for sockets that
+// joined behind from members known otherwise (a predecessor's).
+func ProbeFrom(socks []*net.UDPConn, from int, prog []bpf.Instruction, wait time.Duration) (index, foreign []int, err error) {
 	if len(socks) == 0 {
 		return nil, nil, nil
 	}
@@ -63,24 +72,7 @@ func Probe(socks []*net.UDPConn, prog []bpf.Instruction, wait time.Duration) (in
 	if err != nil {
 		return nil, nil, err
 	}
-	dst, err := loopbackOf(socks[0].LocalAddr().(*net.UDPAddr))
-	if err != nil {
-		return nil, nil, err
-	}
-	tx, err := net.DialUDP(dst.Network(), nil, dst)
-	if err != nil {
-		return nil, nil, fmt.Errorf("probe of %v: %w", socks[0].LocalAddr(), err)
-	}
-	defer tx.Close()
-	var mark [8]byte
-	rand.Read(mark[:])
-	mark[0] &^= 0x40 // not QUIC
-
-	type hit struct {
-		sock int
-		i    uint32
-	}
-	hits := make(chan hit, 2*len(socks))
+	p := NewProber()
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	for j, s := range socks {
@@ -91,13 +83,7 @@ func Probe(socks []*net.UDPConn, prog []bpf.Instruction, wait time.Duration) (in
 				if err != nil {
 					return
 				}
-				if n == markLen && bytes.Equal(buf[:8], mark[:]) {
-					select {
-					case hits <- hit{j, binary.BigEndian.Uint32(buf[8:])}:
-					case <-done:
-						return
-					}
-				}
+				p.seen(j, buf[:n], done)
 			}
 		})
 	}
@@ -110,62 +96,147 @@ func Probe(socks []*net.UDPConn, prog []bpf.Instruction, wait time.Duration) (in
 		for _, s := range socks {
 			s.SetReadDeadline(time.Time{})
 		}
+	}()
+	return p.Run(raw, socks[0].LocalAddr().(*net.UDPAddr), len(socks), from, prog, wait)
+}
+
+// A Prober finds member indexes as Probe does, with datagrams that the
+// sockets' own readers report (Seen), so that sockets may be probed while
+// they serve: the marked datagrams are 12 octets that no QUIC stack takes
+// for a packet, and the group's other datagrams keep their way.
+type Prober struct {
+	mark [8]byte
+	hits chan hit
+}
+
+type hit struct {
+	sock int
+	i    uint32
+}
+
+// MarkLen is the length of every probe datagram: readers need look at no
+// other.
+const MarkLen = markLen
+
+// NewProber returns a Prober with a random mark.
+func NewProber() *Prober {
+	p := &Prober{hits: make(chan hit, 64)}
+	rand.Read(p.mark[:])
+	p.mark[0] &^= 0x40 // not QUIC
+	return p
+}
+
+// Seen reports whether b is one of p's datagrams, and if so that socket
+// sock (an index into the sockets given to Run) read it.
+func (p *Prober) Seen(sock int, b []byte) bool {
+	return p.seen(sock, b, nil)
+}
+
+func (p *Prober) seen(sock int, b []byte, done <-chan struct{}) bool {
+	if len(b) != markLen || !bytes.Equal(b[:8], p.mark[:]) {
+		return false
+	}
+	select {
+	case p.hits <- hit{sock, binary.BigEndian.Uint32(b[8:])}:
+	case <-done:
+	default: // a late duplicate: Run no longer waits for it
+	}
+	return true
+}
+
+// Run probes the group of raw, whose address is addr, for n sockets whose
+// readers call Seen, from member index from on (see Probe), and ends by
+// attaching prog.
+func (p *Prober) Run(raw syscall.RawConn, addr *net.UDPAddr, n, from int, prog []bpf.Instruction, wait time.Duration) (index, foreign []int, err error) {
+	dst, err := loopbackOf(addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	tx, err := net.DialUDP(dst.Network(), nil, dst)
+	if err != nil {
+		return nil, nil, fmt.Errorf("probe of %v: %w", addr, err)
+	}
+	defer tx.Close()
+	defer func() {
 		if aerr := Attach(raw, prog); err == nil {
 			err = aerr
 		}
 	}()
-
-	index = make([]int, len(socks))
+	index = make([]int, n)
 	for j := range index {
 		index[j] = -1
 	}
 	found := 0
+	// record takes a socket's answer, also a late one for an index probed
+	// before (a reader that was slow to report it, as a busy one may be:
+	// the kernel placed the datagram when it was sent, so the answer holds).
+	// An answer for another index from a socket found already means a
+	// marked datagram went past the group's end and the kernel hashed it.
+	record := func(h hit) error {
+		switch {
+		case h.sock < 0 || h.sock >= n:
+		case index[h.sock] < 0:
+			index[h.sock] = int(h.i)
+			found++
+			foreign = slices.DeleteFunc(foreign, func(f int) bool { return f == int(h.i) })
+		case index[h.sock] != int(h.i):
+			return notMembers(addr, index)
+		}
+		return nil
+	}
 	// A marked datagram for an index past the group's end goes where the
-	// kernel's hash sends it, which may be a foreign member: Probe gives
-	// up after maxForeign of them.
+	// kernel's hash sends it, which may be a foreign member: Run gives up
+	// after maxForeign of them.
 	const maxForeign = 8
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
-	for i := uint32(0); found < len(socks) && len(foreign) <= maxForeign; i++ {
-		if err := Attach(raw, Marked(prog, mark, i)); err != nil {
+	for i := uint32(from); found < n && len(foreign) <= maxForeign; i++ {
+		if err := Attach(raw, Marked(prog, p.mark, i)); err != nil {
 			return nil, nil, err
 		}
-		pkt := binary.BigEndian.AppendUint32(mark[:], i)
+		pkt := binary.BigEndian.AppendUint32(p.mark[:], i)
 		if _, err := tx.Write(pkt); err != nil {
-			return nil, nil, fmt.Errorf("probe of %v: %w", socks[0].LocalAddr(), err)
+			return nil, nil, fmt.Errorf("probe of %v: %w", addr, err)
 		}
 		timer.Reset(wait)
-	read:
-		for {
+		answered := false
+		for !answered && found < n {
 			select {
-			case h := <-hits:
-				if h.i != i {
-					continue // a late answer to an earlier index
+			case h := <-p.hits:
+				if err := record(h); err != nil {
+					return nil, nil, err
 				}
-				if index[h.sock] >= 0 {
-					// i is past the group's end: the kernel hashed it.
-					return nil, nil, notMembers(socks, index)
-				}
-				index[h.sock] = int(i)
-				found++
-				break read
+				answered = h.i == i
 			case <-timer.C:
 				foreign = append(foreign, int(i))
-				break read
+				answered = true
 			}
 		}
 	}
-	if found < len(socks) {
-		return nil, nil, notMembers(socks, index)
+	// Late answers of slow readers, for as long again.
+	timer.Reset(wait)
+	for found < n {
+		select {
+		case h := <-p.hits:
+			if err := record(h); err != nil {
+				return nil, nil, err
+			}
+			continue
+		case <-timer.C:
+		}
+		break
+	}
+	if found < n {
+		return nil, nil, notMembers(addr, index)
 	}
 	return index, foreign, nil
 }
 
-func notMembers(socks []*net.UDPConn, index []int) error {
+func notMembers(addr *net.UDPAddr, index []int) error {
 	var errs []error
 	for j, idx := range index {
 		if idx < 0 {
-			errs = append(errs, fmt.Errorf("%v (socket %d): %w", socks[j].LocalAddr(), j, ErrNotMember))
+			errs = append(errs, fmt.Errorf("%v (socket %d): %w", addr, j, ErrNotMember))
 		}
 	}
 	return errors.Join(errs...)

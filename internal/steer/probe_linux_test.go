@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -43,8 +45,8 @@ func TestProbe(t *testing.T) {
 			f := reusePort(t, c.network, addr) // foreign: not given to Probe
 			b := reusePort(t, c.network, addr)
 			d := reusePort(t, c.network, addr)
-			prog := Program(Group{Members: []Member{{1, 0}}, Accept: 1}) // everything to member 0
-			const wait = 500 * time.Millisecond                          // a bound for the foreign member, not a timing
+			prog := Program(Group{Members: []Member{{Gen: 1, Socket: 0}}, Accept: 1}) // everything to member 0
+			const wait = 500 * time.Millisecond                                       // a bound for the foreign member, not a timing
 			index, foreign, err := Probe([]*net.UDPConn{d, a, b}, prog, wait)
 			if err != nil {
 				t.Fatal(err)
@@ -88,4 +90,84 @@ func mustLoopback(t *testing.T, c *net.UDPConn) *net.UDPAddr {
 		t.Fatal(err)
 	}
 	return a
+}
+
+// TestProberLive probes sockets whose own readers serve other datagrams
+// meanwhile and report the probe's (Seen), with a foreign member between
+// them; ProbeFrom starts past members known otherwise.
+func TestProberLive(t *testing.T) {
+	a := reusePort(t, "udp4", "127.0.0.1:0")
+	addr := a.LocalAddr().String()
+	reusePort(t, "udp4", addr) // foreign, index 1
+	b := reusePort(t, "udp4", addr)
+	p := NewProber()
+	var others atomic.Int64
+	var wg sync.WaitGroup
+	for j, s := range []*net.UDPConn{a, b} {
+		wg.Go(func() {
+			buf := make([]byte, 2048)
+			for {
+				n, err := s.Read(buf)
+				if err != nil {
+					return
+				}
+				if !p.Seen(j, buf[:n]) {
+					others.Add(1)
+				}
+			}
+		})
+	}
+	// Datagrams of the service go to member 0 throughout.
+	prog := Program(Group{Members: []Member{{Gen: 1}}, Accept: 1})
+	tx, err := net.DialUDP("udp", nil, mustLoopback(t, a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Close()
+	stop := make(chan struct{})
+	var sent atomic.Int64
+	wg.Go(func() {
+		for range 1000 {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			tx.Write([]byte("service datagram"))
+			sent.Add(1)
+			time.Sleep(time.Millisecond)
+		}
+	})
+	raw, err := a.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const wait = 500 * time.Millisecond
+	index, foreign, err := p.Run(raw, a.LocalAddr().(*net.UDPAddr), 2, 0, prog, wait)
+	close(stop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(index, []int{0, 2}) || !slices.Equal(foreign, []int{1}) {
+		t.Errorf("members %v, foreign %v; want [0 2], [1]", index, foreign)
+	}
+	// Every service datagram reached a reader as itself, none was taken
+	// for a probe's (loopback loses none).
+	deadline := time.Now().Add(wait)
+	for others.Load() < sent.Load() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if o, s := others.Load(), sent.Load(); o != s || s == 0 {
+		t.Errorf("readers got %d service datagrams of %d sent during the probe", o, s)
+	}
+	a.SetReadDeadline(time.Unix(1, 0))
+	b.SetReadDeadline(time.Unix(1, 0))
+	wg.Wait()
+	a.SetReadDeadline(time.Time{})
+	b.SetReadDeadline(time.Time{})
+
+	index, foreign, err = ProbeFrom([]*net.UDPConn{b}, 2, prog, wait)
+	if err != nil || !slices.Equal(index, []int{2}) || len(foreign) != 0 {
+		t.Errorf("ProbeFrom 2: members %v, foreign %v, %v; want [2], [], nil", index, foreign, err)
+	}
 }

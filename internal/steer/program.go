@@ -25,6 +25,9 @@ import (
 type Member struct {
 	Gen    uint16
 	Socket uint8
+	// Foreign marks a member outside the process line (a stale server,
+	// another program of the same user): the program sends it nothing.
+	Foreign bool
 }
 
 // Group is what the program knows of a reuseport group.
@@ -205,7 +208,7 @@ func (a *asm) spread(indexes []int, g Group) {
 func (a *asm) fallback(g Group) {
 	var acc []int
 	for i, m := range g.Members {
-		if m.Gen == g.Accept {
+		if m.Gen == g.Accept && !m.Foreign {
 			acc = append(acc, i)
 		}
 	}
@@ -249,6 +252,9 @@ func generations(ms []Member) []generation {
 	var gs []generation
 	at := make(map[uint16]int)
 	for i, m := range ms {
+		if m.Foreign {
+			continue
+		}
 		j, ok := at[m.Gen]
 		if !ok {
 			j = len(gs)

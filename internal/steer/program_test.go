@@ -55,7 +55,7 @@ func run(t *testing.T, prog []bpf.Instruction, pkt []byte) int {
 // accepting generation 8 at member 3.
 func TestProgram(t *testing.T) {
 	g := Group{
-		Members: []Member{{7, 0}, {7, 1}, {7, 2}, {8, 0}},
+		Members: []Member{{Gen: 7, Socket: 0}, {Gen: 7, Socket: 1}, {Gen: 7, Socket: 2}, {Gen: 8, Socket: 0}},
 		Accept:  8,
 		QUIC:    true,
 	}
@@ -139,7 +139,7 @@ func TestProgram(t *testing.T) {
 // and a group without the accepting generation.
 func TestProgramOrder(t *testing.T) {
 	g := Group{
-		Members: []Member{{8, 0}, {7, 1}, {7, 0}, {8, 2}, {9, 0}},
+		Members: []Member{{Gen: 8, Socket: 0}, {Gen: 7, Socket: 1}, {Gen: 7, Socket: 0}, {Gen: 8, Socket: 2}, {Gen: 9, Socket: 0}},
 		Accept:  9,
 		QUIC:    true,
 	}
@@ -156,11 +156,11 @@ func TestProgramOrder(t *testing.T) {
 	// Gen 8's socket 1 has left: its IDs go where new connections go,
 	// which needs the flow hash (not in x/net's interpreter). A group
 	// whose accepting generation has one socket shows it.
-	g = Group{Members: []Member{{8, 0}, {7, 0}, {8, 2}}, Accept: 7, QUIC: true}
+	g = Group{Members: []Member{{Gen: 8, Socket: 0}, {Gen: 7, Socket: 0}, {Gen: 8, Socket: 2}}, Accept: 7, QUIC: true}
 	if got := run(t, Program(g), short(id(t, 3, 8, 1))); got != 1 {
 		t.Errorf("gen 8 socket 1 (gone): member %d, want 1", got)
 	}
-	g = Group{Members: []Member{{8, 0}, {8, 1}}, Accept: 9, QUIC: true}
+	g = Group{Members: []Member{{Gen: 8, Socket: 0}, {Gen: 8, Socket: 1}}, Accept: 9, QUIC: true}
 	if got := run(t, Program(g), short(id(t, 3, 9, 0))); got != NoSocket {
 		t.Errorf("no accepting member: %d, want NoSocket", got)
 	}
@@ -173,9 +173,9 @@ func TestProgramOrder(t *testing.T) {
 // to the accepting socket.
 func TestProgramSimple(t *testing.T) {
 	for _, g := range []Group{
-		{Members: []Member{{7, 0}}, Accept: 7, QUIC: true},
-		{Members: []Member{{7, 0}}, Accept: 7},
-		{Members: []Member{{6, 0}, {7, 0}}, Accept: 7},
+		{Members: []Member{{Gen: 7, Socket: 0}}, Accept: 7, QUIC: true},
+		{Members: []Member{{Gen: 7, Socket: 0}}, Accept: 7},
+		{Members: []Member{{Gen: 6, Socket: 0}, {Gen: 7, Socket: 0}}, Accept: 7},
 	} {
 		want := len(g.Members) - 1
 		if got := run(t, Program(g), short(id(t, 2, 6, 0))); got != want {
@@ -191,10 +191,10 @@ func TestProgramConstant(t *testing.T) {
 	size := func(n int) int {
 		g := Group{Accept: 2, QUIC: true}
 		for i := range n {
-			g.Members = append(g.Members, Member{1, uint8(i)})
+			g.Members = append(g.Members, Member{Gen: 1, Socket: uint8(i)})
 		}
 		for i := range n {
-			g.Members = append(g.Members, Member{2, uint8(i)})
+			g.Members = append(g.Members, Member{Gen: 2, Socket: uint8(i)})
 		}
 		return len(Program(g))
 	}
@@ -204,9 +204,9 @@ func TestProgramConstant(t *testing.T) {
 	// Even a reordered generation of 255 sockets assembles.
 	g := Group{Accept: 2, QUIC: true}
 	for i := 254; i >= 0; i-- {
-		g.Members = append(g.Members, Member{1, uint8(i)})
+		g.Members = append(g.Members, Member{Gen: 1, Socket: uint8(i)})
 	}
-	g.Members = append(g.Members, Member{2, 0})
+	g.Members = append(g.Members, Member{Gen: 2, Socket: 0})
 	prog := Program(g)
 	if _, err := bpf.Assemble(prog); err != nil {
 		t.Fatal(err)
@@ -216,5 +216,29 @@ func TestProgramConstant(t *testing.T) {
 	}
 	if got := run(t, prog, short(id(t, 5, 1, 0))); got != 254 {
 		t.Errorf("reordered gen 1 socket 0: member %d, want 254", got)
+	}
+}
+
+// TestProgramForeign: a foreign member gets nothing, not the IDs of a
+// generation that shares its number, nor new connections.
+func TestProgramForeign(t *testing.T) {
+	g := Group{
+		Members: []Member{{Foreign: true}, {Gen: 7, Socket: 1}, {Gen: 7, Socket: 0}, {Gen: 8}},
+		Accept:  8,
+		QUIC:    true,
+	}
+	prog := Program(g)
+	for _, c := range []struct {
+		gen  uint16
+		sock uint8
+		want int
+	}{{7, 0, 2}, {7, 1, 1}, {8, 0, 3}, {0, 0, 3}} {
+		if got := run(t, prog, short(id(t, 3, c.gen, c.sock))); got != c.want {
+			t.Errorf("gen %d socket %d: member %d, want %d", c.gen, c.sock, got, c.want)
+		}
+	}
+	alone := Group{Members: []Member{{Foreign: true}, {Gen: 7}}, Accept: 7}
+	if got := run(t, Program(alone), []byte{0xc0, 1, 2, 3}); got != 1 {
+		t.Errorf("alone behind a foreign member: %d, want 1", got)
 	}
 }
