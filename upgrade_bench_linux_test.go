@@ -105,7 +105,10 @@ func benchDirect(b *testing.B, n int) time.Duration {
 func benchSteered(b *testing.B, n int) time.Duration {
 	// Two sockets in one group, the other generation's joined first (index
 	// 0), so that every datagram for this generation is steered past it.
-	uOld, pOld := benchUpgrader(b, 1, cidKey{1})
+	// The sockets come from pools without an Upgrader, which would take
+	// each other's socket for a foreign member of the group: the
+	// benchmark sets the program itself.
+	pOld := New()
 	defer pOld.Close()
 	// Port 0 never joins a reuseport group: take a free port.
 	free, err := net.ListenPacket("udp4", "127.0.0.1:0")
@@ -119,8 +122,9 @@ func benchSteered(b *testing.B, n int) time.Duration {
 		b.Fatal(err)
 	}
 	defer old.Close()
-	_ = uOld
-	u, p := benchUpgrader(b, 2, cidKey{1})
+	u, up := benchUpgrader(b, 2, cidKey{1})
+	defer up.Close()
+	p := New()
 	defer p.Close()
 	c, err := p.ListenPacket(context.Background(), "udp4", old.LocalAddr().String())
 	if err != nil {
