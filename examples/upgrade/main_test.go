@@ -556,27 +556,9 @@ func (s *servers) stop() {
 // a line, SIGTERM and SIGINT let the drain finish, and the server exits 0
 // (before, signal.Stop restored the default action and they killed it).
 func TestSignalsDuringDrain(t *testing.T) {
-	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		t.Skipf("cannot become a subreaper to reap the successor: %v", err)
-	}
-	t.Cleanup(func() { unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) })
-	if !nettest.SupportsIPv4() {
-		t.Skip("no IPv4 loopback")
-	}
-	bin := build(t)
-	certFile, keyFile, roots := certificateFiles(t)
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t, "127.0.0.1")))
-	s := start(t, bin, "-listen", addr, "-cert", certFile, "-key", keyFile, "-drain", "1m")
-	first := s.wait("ready", 1)
-	// A QUIC connection that speaks no HTTP/3 keeps the drain going until
-	// the test closes it.
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
-	held, err := quic.DialAddr(ctx, addr, &tls.Config{RootCAs: roots, NextProtos: []string{http3.NextProtoH3}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.CloseWithError(0, "")
+	h := startHeld(t)
+	s, first, held, roots := h.s, h.first, h.held, h.roots
+	addr := h.addr
 
 	syscall.Kill(first.pid, syscall.SIGHUP)
 	next := s.wait("ready", 2)
@@ -608,26 +590,9 @@ func TestSignalsDuringDrain(t *testing.T) {
 // once drained. Before, it had already shut both servers down at the
 // hand-over, and nothing served the port until it exited.
 func TestSuccessorDiesDuringDrain(t *testing.T) {
-	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		t.Skipf("cannot become a subreaper to reap the successor: %v", err)
-	}
-	t.Cleanup(func() { unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) })
-	if !nettest.SupportsIPv4() {
-		t.Skip("no IPv4 loopback")
-	}
-	bin := build(t)
-	certFile, keyFile, roots := certificateFiles(t)
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t, "127.0.0.1")))
-	url := "https://" + addr + "/"
-	s := start(t, bin, "-listen", addr, "-cert", certFile, "-key", keyFile, "-drain", "1m")
-	first := s.wait("ready", 1)
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
-	held, err := quic.DialAddr(ctx, addr, &tls.Config{RootCAs: roots, NextProtos: []string{http3.NextProtoH3}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.CloseWithError(0, "")
+	h := startHeld(t)
+	s, first, held, roots := h.s, h.first, h.held, h.roots
+	url := "https://" + h.addr + "/"
 
 	syscall.Kill(first.pid, syscall.SIGHUP)
 	next := s.wait("ready", 2)
@@ -667,4 +632,39 @@ func TestSuccessorDiesDuringDrain(t *testing.T) {
 	syscall.Kill(third.pid, syscall.SIGTERM)
 	s.waitFrom(from, "exit", 2)
 	s.reap(third.pid)
+}
+
+// heldServer is a first server on 127.0.0.1 with a 1m drain, and a QUIC
+// connection to it that speaks no HTTP/3, which keeps a drain going until
+// the test closes it.
+type heldServer struct {
+	s     *servers
+	first serverLine
+	held  *quic.Conn
+	roots *x509.CertPool
+	addr  string
+}
+
+func startHeld(t *testing.T) heldServer {
+	t.Helper()
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Skipf("cannot become a subreaper to reap the successor: %v", err)
+	}
+	t.Cleanup(func() { unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) })
+	if !nettest.SupportsIPv4() {
+		t.Skip("no IPv4 loopback")
+	}
+	bin := build(t)
+	certFile, keyFile, roots := certificateFiles(t)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t, "127.0.0.1")))
+	s := start(t, bin, "-listen", addr, "-cert", certFile, "-key", keyFile, "-drain", "1m")
+	first := s.wait("ready", 1)
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	held, err := quic.DialAddr(ctx, addr, &tls.Config{RootCAs: roots, NextProtos: []string{http3.NextProtoH3}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { held.CloseWithError(0, "") })
+	return heldServer{s: s, first: first, held: held, roots: roots, addr: addr}
 }
