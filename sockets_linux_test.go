@@ -190,16 +190,7 @@ func TestWithSocketsProbe(t *testing.T) {
 	tr.Close()
 
 	foreign := foreignReusePort(t, "udp4", fmt.Sprintf("127.0.0.1:%d", port))
-	ino, err := func() (uint64, error) {
-		rc, err := foreign.SyscallConn()
-		if err != nil {
-			return 0, err
-		}
-		return socketInode(rc)
-	}()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ino := inodeOf(t, foreign)
 	_, err = p.Transport(ctx, "udp4", fmt.Sprintf("127.0.0.1:%d", port), WithSockets(2))
 	if !errors.Is(err, ErrForeignSocket) || !strings.Contains(err.Error(), fmt.Sprintf("inode %d", ino)) {
 		t.Errorf("beside a foreign socket: %v, want ErrForeignSocket naming inode %d", err, ino)

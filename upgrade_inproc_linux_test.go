@@ -395,16 +395,7 @@ func TestUpgradeForeignSocketInGroup(t *testing.T) {
 	}
 	defer pc.Close()
 	foreign := pc.(*net.UDPConn)
-	ino, err := func() (uint64, error) {
-		rc, err := foreign.SyscallConn()
-		if err != nil {
-			return 0, err
-		}
-		return socketInode(rc)
-	}()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ino := inodeOf(t, foreign)
 
 	err = waitErr(t, ip.upgradeAsync(), "Upgrade")
 	if err == nil {
