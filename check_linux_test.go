@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/udppool/udppool/internal/rawsock"
 )
 
 // reusePortSocket binds a socket outside the pool with SO_REUSEPORT, as a
@@ -134,7 +136,7 @@ func TestCheckIPv6OnlyBesideUDP4(t *testing.T) {
 	probe.Close()
 	addr := fmt.Sprintf("0.0.0.0:%d", P)
 
-	v6only := foreignOf(t, bindRaw(t, netip.AddrPortFrom(netip.IPv6Unspecified(), P), true))
+	v6only := foreignOf(t, rawsock.Bind(t, netip.AddrPortFrom(netip.IPv6Unspecified(), P), true))
 	if v6only.Network != "udp6" {
 		t.Fatalf("foreign socket %v is not IPv6-only", v6only)
 	}
@@ -147,7 +149,7 @@ func TestCheckIPv6OnlyBesideUDP4(t *testing.T) {
 		t.Fatalf("Check with an IPv6-only socket beside udp4 %s: %v", addr, err)
 	}
 
-	dual := foreignOf(t, bindRaw(t, netip.AddrPortFrom(netip.IPv6Unspecified(), P), false))
+	dual := foreignOf(t, rawsock.Bind(t, netip.AddrPortFrom(netip.IPv6Unspecified(), P), false))
 	if dual.Network != "udp" {
 		t.Fatalf("foreign socket %v is not dual-stack", dual)
 	}

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/udppool/udppool/internal/netns"
+	"github.com/udppool/udppool/internal/rawsock"
 	"github.com/udppool/udppool/internal/sockdiag"
 	"golang.org/x/sys/unix"
 )
@@ -246,41 +247,6 @@ func foreignOf(t *testing.T, c syscaller) ForeignSocket {
 	return f
 }
 
-// rawSocket is a bare descriptor, for sockets that package net will not
-// bind, closed at the end of the test.
-type rawSocket int
-
-func (s rawSocket) SyscallConn() (syscall.RawConn, error) { return s, nil }
-func (s rawSocket) Control(f func(uintptr)) error         { f(uintptr(s)); return nil }
-func (s rawSocket) Read(func(uintptr) bool) error         { return errors.ErrUnsupported }
-func (s rawSocket) Write(func(uintptr) bool) error        { return errors.ErrUnsupported }
-
-// bindRaw binds an AF_INET6 UDP socket to addr with SO_REUSEPORT and the
-// given IPV6_V6ONLY, which also binds what package net refuses to (an
-// IPv4-mapped address).
-func bindRaw(t *testing.T, addr netip.AddrPort, v6only bool) rawSocket {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	on := 0
-	if v6only {
-		on = 1
-	}
-	for _, err := range []error{
-		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, on),
-		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1),
-		unix.Bind(fd, &unix.SockaddrInet6{Port: int(addr.Port()), Addr: addr.Addr().As16()}),
-	} {
-		if err != nil {
-			t.Fatalf("binding %v (v6only %v): %v", addr, v6only, err)
-		}
-	}
-	return rawSocket(fd)
-}
-
 // checkForeign checks that foreignSockets reports exactly want for k,
 // in any order.
 func checkForeign(t *testing.T, k Key, ours map[uint64]bool, want ...ForeignSocket) {
@@ -381,12 +347,12 @@ func TestForeignSocketsSpecific(t *testing.T) {
 	needIPv6(t)
 	foreignListen(t, true, "udp6", at("::1"))
 	checkForeign(t, k, ours, want...)
-	v6only := foreignOf(t, bindRaw(t, at("::"), true))
+	v6only := foreignOf(t, rawsock.Bind(t, at("::"), true))
 	if v6only.Network != "udp6" {
 		t.Fatalf("IPv6-only socket is %v", v6only)
 	}
 	checkForeign(t, k, ours, want...)
-	dual := foreignOf(t, bindRaw(t, at("::"), false))
+	dual := foreignOf(t, rawsock.Bind(t, at("::"), false))
 	if dual.Network != "udp" {
 		t.Fatalf("dual-stack socket is %v", dual)
 	}
@@ -395,7 +361,7 @@ func TestForeignSocketsSpecific(t *testing.T) {
 
 	// An IPv6 socket bound to the IPv4-mapped address receives that
 	// address's IPv4 datagrams. The net package refuses to bind one.
-	mapped := foreignOf(t, bindRaw(t, at("::ffff:127.0.0.1"), false))
+	mapped := foreignOf(t, rawsock.Bind(t, at("::ffff:127.0.0.1"), false))
 	if mapped.Network != "udp6" || mapped.Local != at("::ffff:127.0.0.1") {
 		t.Fatalf("IPv4-mapped socket is %v", mapped)
 	}

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/udppool/udppool/internal/netns"
+	"github.com/udppool/udppool/internal/rawsock"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -77,41 +78,6 @@ func inodeOf(t *testing.T, c syscaller) uint64 {
 		t.Fatalf("Inode: %v", err)
 	}
 	return ino
-}
-
-// rawSocket is a bare descriptor, for sockets that package net will not
-// bind, closed at the end of the test.
-type rawSocket int
-
-func (s rawSocket) SyscallConn() (syscall.RawConn, error) { return s, nil }
-func (s rawSocket) Control(f func(uintptr)) error         { f(uintptr(s)); return nil }
-func (s rawSocket) Read(func(uintptr) bool) error         { return errors.ErrUnsupported }
-func (s rawSocket) Write(func(uintptr) bool) error        { return errors.ErrUnsupported }
-
-// bindRaw binds an AF_INET6 UDP socket to addr with SO_REUSEPORT and the
-// given IPV6_V6ONLY, which also binds what package net refuses to (an
-// IPv4-mapped address).
-func bindRaw(t *testing.T, addr netip.AddrPort, v6only bool) rawSocket {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	on := 0
-	if v6only {
-		on = 1
-	}
-	for _, err := range []error{
-		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, on),
-		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1),
-		unix.Bind(fd, &unix.SockaddrInet6{Port: int(addr.Port()), Addr: addr.Addr().As16()}),
-	} {
-		if err != nil {
-			t.Fatalf("binding %v (v6only %v): %v", addr, v6only, err)
-		}
-	}
-	return rawSocket(fd)
 }
 
 func portOf(c *net.UDPConn) uint16 { return c.LocalAddr().(*net.UDPAddr).AddrPort().Port() }
@@ -233,9 +199,9 @@ func TestDiagAgreesWithProc(t *testing.T) {
 	first := listen(t, true, "udp4", ap("127.0.0.1:0"))
 	P := portOf(first)
 	at := func(ip string) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr(ip), P) }
-	v6only := bindRaw(t, at("::"), true)
-	dual := bindRaw(t, at("::"), false)
-	mapped := bindRaw(t, at("::ffff:127.0.0.1"), false)
+	v6only := rawsock.Bind(t, at("::"), true)
+	dual := rawsock.Bind(t, at("::"), false)
+	mapped := rawsock.Bind(t, at("::ffff:127.0.0.1"), false)
 	loop6 := listen(t, true, "udp6", at("::1")) // package net sets IPV6_V6ONLY
 	any4 := listen(t, true, "udp4", at("0.0.0.0"))
 	peer := listen(t, false, "udp4", ap("127.0.0.1:0"))
